@@ -1,0 +1,25 @@
+"""The one exception type that reaches users as a single clear line instead of a traceback."""
+
+from __future__ import annotations
+
+
+class IsimError(Exception):
+    """A problem with the user's input (config key, file, dataset) that they can fix.
+
+    The message names the key or file and says how to fix it; entry points print it as one line.
+    """
+
+
+def user_message(error: BaseException) -> str | None:
+    """The one-line message of the IsimError behind ``error``, or None if there is none.
+
+    Hydra's instantiate wraps errors raised in constructors (found through ``__cause__``), and
+    DataLoader workers re-raise as ``IsimError("Caught IsimError in ... Traceback ...: <message>")``,
+    whose last line is the original message.
+    """
+    while error is not None and not isinstance(error, IsimError):
+        error = error.__cause__ or error.__context__
+    if error is None:
+        return None
+    text = str(error).strip()
+    return text.splitlines()[-1].split("IsimError: ", 1)[-1] if text else repr(error)

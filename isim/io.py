@@ -1,0 +1,43 @@
+"""Crash-safe file writes: everything is written to a temporary sibling and renamed into place."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; on success it replaces ``path`` in one rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def write_json(path: str | Path, data: Any) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
+
+
+def write_png(path: str | Path, array: np.ndarray, palette: list[int] | None = None) -> None:
+    """Write a uint8 image; with ``palette`` a single-channel array becomes a palette PNG."""
+    image = Image.fromarray(array)
+    if palette is not None:
+        image.putpalette(palette)  # turns the "L" image into a "P" image with the same indices
+    with atomic_path(path) as tmp:
+        image.save(tmp, format="PNG")

@@ -1,0 +1,39 @@
+"""Backbones: any timm model by name, as a dilated feature extractor."""
+
+from __future__ import annotations
+
+import difflib
+
+import timm
+from torch import nn
+
+from isim.errors import IsimError
+
+
+def check_backbone(name: str) -> None:
+    """Fail early, with close timm names, when ``name`` is not a timm model."""
+    if not timm.is_model(name):
+        close = difflib.get_close_matches(name, timm.list_models(), n=5, cutoff=0.6)
+        hint = f"did you mean {', '.join(close)}?" if close else "see timm.list_models() for the names"
+        raise IsimError(f"model.backbone={name!r} is not a timm model; {hint}")
+
+
+def create_backbone(name: str, pretrained: bool, output_stride: int = 16) -> nn.Module:
+    """The deepest feature map of timm model ``name`` at 1/``output_stride`` of the input size."""
+    check_backbone(name)
+    try:
+        return timm.create_model(
+            name, pretrained=pretrained, features_only=True, out_indices=(-1,), output_stride=output_stride
+        )
+    except (OSError, RuntimeError) as error:
+        if pretrained:
+            raise IsimError(
+                f"cannot load pretrained weights for model.backbone={name!r} ({error}); "
+                "set model.pretrained=false or make the weights available offline"
+            ) from None
+        raise
+    except (TypeError, AssertionError, ValueError) as error:
+        raise IsimError(
+            f"model.backbone={name!r} cannot run at model.output_stride={output_stride} ({error}); "
+            "try output_stride 32 or a ResNet-like backbone"
+        ) from None

@@ -1,0 +1,53 @@
+"""LightningModule that runs a trained classifier's CAMs over a split (``trainer.test``)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+
+from isim.cam import multiscale_cams, normalize_cams
+from isim.io import atomic_path
+from isim.metrics import ThresholdSweep
+from isim.models import Classifier
+
+
+class CAMInference(pl.LightningModule):
+    """Multi-scale + flip CAMs per image: threshold-sweep metric, optional ``.npz`` files, a few kept for overlays."""
+
+    def __init__(
+        self,
+        net: Classifier,
+        scales: Sequence[float],
+        flip: bool,
+        thresholds: Sequence[float],
+        num_classes: int,
+        save_dir: str | Path | None = None,
+        keep: int = 8,
+    ) -> None:
+        super().__init__()
+        self.net, self.scales, self.flip = net, tuple(scales), flip
+        self.sweep = ThresholdSweep(thresholds, num_classes)
+        self.save_dir = Path(save_dir) if save_dir else None
+        self.keep = keep
+        self.kept: list[tuple[str, np.ndarray, np.ndarray]] = []  # (name, normalised CAMs, GT mask)
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        cams = normalize_cams(multiscale_cams(self.net, batch["image"], self.scales, self.flip), batch["labels"])
+        self.sweep.update(cams, batch["mask"])
+        for name, cam, labels, mask in zip(batch["name"], cams, batch["labels"], batch["mask"], strict=True):
+            if self.save_dir is not None:
+                save_cams(self.save_dir / f"{name}.npz", cam, labels)
+            if len(self.kept) < self.keep:
+                self.kept.append((name, cam.cpu().numpy(), mask.cpu().numpy()))
+
+
+def save_cams(path: Path, cams: torch.Tensor, labels: torch.Tensor) -> None:
+    """The image's class maps only, as float16, with their 1-based class indices."""
+    classes = labels.nonzero().flatten()
+    with atomic_path(path) as tmp, open(tmp, "wb") as file:
+        np.savez_compressed(file, cams=cams[classes].cpu().half().numpy(), classes=(classes + 1).cpu().numpy())

@@ -1,0 +1,66 @@
+"""LightningModule that trains the CAM classifier on image-level labels."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from torchmetrics.classification import MultilabelAveragePrecision, MultilabelF1Score
+
+from isim.models import Classifier
+from isim.optim import sgd_poly
+
+
+class ClassifierModule(pl.LightningModule):
+    """Multi-label soft-margin training of :class:`~isim.models.Classifier`, mAP / F1 on validation."""
+
+    def __init__(
+        self,
+        backbone: str,
+        num_classes: int,
+        pretrained: bool = True,
+        output_stride: int = 16,
+        lr: float = 0.1,
+        head_lr_mult: float = 10.0,
+        momentum: float = 0.9,
+        weight_decay: float = 1e-4,
+        poly_power: float = 0.9,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.net = Classifier(backbone, num_classes, pretrained, output_stride)
+        self.val_map = MultilabelAveragePrecision(num_labels=num_classes)
+        self.val_f1 = MultilabelF1Score(num_labels=num_classes)
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        loss = F.multilabel_soft_margin_loss(self.net(batch["image"]), batch["labels"])
+        self.log("train/loss", loss, prog_bar=True)
+        self.log("train/lr", self.optimizers().param_groups[0]["lr"])
+        return loss
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        logits = self.net(batch["image"])
+        labels = batch["labels"].int()
+        self.val_map.update(logits.sigmoid(), labels)
+        self.val_f1.update(logits.sigmoid(), labels)
+        self.log("val/loss", F.multilabel_soft_margin_loss(logits, batch["labels"]), sync_dist=True)
+
+    def on_validation_epoch_end(self) -> None:
+        self.log_dict({"val/mAP": self.val_map.compute(), "val/F1": self.val_f1.compute()}, prog_bar=True)
+        self.val_map.reset()
+        self.val_f1.reset()
+
+    def configure_optimizers(self) -> dict:
+        hp = self.hparams
+        return sgd_poly(
+            self.net.backbone.parameters(),
+            self.net.head.parameters(),
+            hp.lr,
+            hp.head_lr_mult,
+            hp.momentum,
+            hp.weight_decay,
+            self.trainer.estimated_stepping_batches,
+            hp.poly_power,
+        )

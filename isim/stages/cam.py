@@ -1,0 +1,99 @@
+"""``stage=cam``: train the classifier on image-level labels, then evaluate its CAMs against GT masks."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from isim.data import VOC_CLASSES, VOCDataset, WSSSDataModule
+from isim.metrics import labels_from_cams, mean_iou, sweep_report
+from isim.modules import CAMInference, ClassifierModule
+from isim.stages.common import build_trainer, finish, log_results, resume_checkpoint, timed
+from isim.visualize import overlay_strip
+
+log = logging.getLogger(__name__)
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    start = time.perf_counter()
+    output_dir = Path(cfg.paths.output_dir)
+    datamodule: WSSSDataModule = instantiate(cfg.data)
+    module: ClassifierModule = instantiate(cfg.model.classifier, num_classes=len(VOC_CLASSES) - 1)
+    trainer = build_trainer(cfg, max_epochs=cfg.cam.max_epochs)
+    timings: dict[str, float] = {}
+    with timed(timings, "train_s"):
+        trainer.fit(
+            module, datamodule=datamodule, ckpt_path=resume_checkpoint(cfg.ckpt_path, output_dir, dict(module.hparams))
+        )
+    # Read before trainer.test, which resets the trainer's callback metrics.
+    classifier_metrics = {
+        key: float(value) for key, value in trainer.callback_metrics.items() if key.startswith("val/")
+    }
+    inference = CAMInference(
+        module.net,
+        cfg.cam.scales,
+        cfg.cam.flip,
+        cfg.cam.thresholds,
+        len(VOC_CLASSES),
+        output_dir / "cams" if cfg.cam.save else None,
+        keep=cfg.cam.overlays,
+    )
+    loader = datamodule.eval_dataloader(cfg.cam.split)
+    with timed(timings, "cam_s"):
+        trainer.test(inference, dataloaders=loader, verbose=False)
+    confusion = inference.sweep.compute().cpu()
+    report = sweep_report(confusion, cfg.cam.thresholds, VOC_CLASSES)
+    timings["total_s"] = round(time.perf_counter() - start, 2)
+    summary = {
+        "stage": "cam",
+        "name": cfg.name,
+        "data": {"root": str(datamodule.root), "split": cfg.cam.split, "images": len(loader.dataset)},
+        "model": {
+            "backbone": module.hparams.backbone,
+            "output_stride": module.hparams.output_stride,
+            "pretrained": module.hparams.pretrained,
+            "epochs": trainer.current_epoch,
+        },
+        "classifier": classifier_metrics,
+        "cam": {
+            "scales": list(cfg.cam.scales),
+            "flip": cfg.cam.flip,
+            **report,
+            "all_background_miou": _all_background_miou(confusion[0]),
+        },
+        "timings": {**timings, "cam_images_per_s": round(len(loader.dataset) / max(timings["cam_s"], 1e-9), 2)},
+        "config": OmegaConf.to_container(cfg, resolve=True),
+    }
+    log.info(
+        "CAM mIoU %.4f at background threshold %.2f (all-background baseline %.4f)",
+        report["best_miou"],
+        report["best_threshold"],
+        summary["cam"]["all_background_miou"],
+    )
+    _log(trainer, report, inference, datamodule.split(cfg.cam.split), output_dir)
+    return finish(trainer, output_dir, summary)
+
+
+def _all_background_miou(confusion: torch.Tensor) -> float:
+    """mIoU of predicting background everywhere, over the classes present in the ground truth."""
+    gt_only = torch.zeros_like(confusion)
+    gt_only[:, 0] = confusion.sum(1)
+    return mean_iou(gt_only)
+
+
+def _log(trainer: pl.Trainer, report: dict, inference: CAMInference, split: VOCDataset, output_dir: Path) -> None:
+    metrics = {"cam/best_miou": report["best_miou"], "cam/best_threshold": report["best_threshold"]}
+    rows = [[row["threshold"], row["miou"]] for row in report["sweep"]]
+    images = {}
+    for name, cams, mask in inference.kept:
+        pred = labels_from_cams(torch.from_numpy(cams)[None], report["best_threshold"])[0].numpy().astype(np.uint8)
+        images[name] = overlay_strip(split.read_image(name), cams.max(0), pred, mask.astype(np.uint8))
+    log_results(trainer, metrics, (["threshold", "miou"], rows), images, output_dir / "overlays")

@@ -1,0 +1,98 @@
+"""What every stage needs: a Trainer from the config, resuming, logging results, the summary file."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+from pytorch_lightning.loggers import WandbLogger
+
+from isim.errors import IsimError
+from isim.io import write_json, write_png
+
+log = logging.getLogger(__name__)
+
+
+def build_trainer(cfg: DictConfig, max_epochs: int) -> pl.Trainer:
+    callbacks = [instantiate(callback) for callback in (cfg.get("callbacks") or {}).values()]
+    logger = instantiate(cfg.logger) if cfg.get("logger") else False
+    return instantiate(cfg.trainer, callbacks=callbacks, logger=logger, max_epochs=max_epochs)
+
+
+def resume_checkpoint(ckpt_path: str | None, output_dir: Path, hparams: dict[str, Any]) -> str | None:
+    """The checkpoint to resume from: ``last`` is this run dir's own last checkpoint, if any.
+
+    A checkpoint trained with other model settings is refused rather than silently mixed in.
+    """
+    if ckpt_path in (None, "none", "null"):
+        return None
+    path = output_dir / "checkpoints" / "last.ckpt" if ckpt_path == "last" else Path(ckpt_path)
+    if not path.is_file():
+        if ckpt_path == "last":
+            return None
+        raise IsimError(
+            f"ckpt_path={ckpt_path} does not exist; give an existing .ckpt or ckpt_path=null to start fresh"
+        )
+    saved = torch.load(path, map_location="cpu", weights_only=False).get("hyper_parameters", {})
+    changed = [
+        f"{key}: {saved.get(key)!r} -> {hparams.get(key)!r}"
+        for key in sorted(set(saved) | set(hparams))
+        if saved.get(key) != hparams.get(key)
+    ]
+    if changed:
+        raise IsimError(
+            f"{path} was trained with other model settings ({'; '.join(changed)}); pass name=<new name> "
+            "for a separate run, or ckpt_path=null to train from scratch here (the old checkpoint is replaced)"
+        )
+    log.info("resuming from %s", path)
+    return str(path)
+
+
+@contextmanager
+def timed(timings: dict[str, float], key: str) -> Iterator[None]:
+    start = time.perf_counter()
+    yield
+    timings[key] = round(time.perf_counter() - start, 2)
+
+
+def log_results(
+    trainer: pl.Trainer,
+    metrics: dict[str, float],
+    table: tuple[list[str], list[list]] | None = None,
+    images: dict[str, np.ndarray] | None = None,
+    image_dir: Path | None = None,
+) -> None:
+    """Scalars go to every logger; the table and images to W&B; images also to ``image_dir`` as PNGs."""
+    for logger in trainer.loggers:
+        logger.log_metrics(metrics, step=trainer.global_step)
+    images = images or {}
+    if image_dir is not None:
+        for name, image in images.items():
+            write_png(image_dir / f"{name}.png", image)
+    wandb_logger = next((lg for lg in trainer.loggers if isinstance(lg, WandbLogger)), None)
+    if wandb_logger is not None and trainer.is_global_zero:
+        if table is not None:
+            wandb_logger.log_table("cam/threshold_sweep", columns=table[0], data=table[1])
+        if images:
+            wandb_logger.log_image("overlays", images=list(images.values()), caption=list(images))
+
+
+def finish(trainer: pl.Trainer, output_dir: Path, summary: dict[str, Any]) -> dict[str, Any]:
+    """Write ``summary.json`` (rank 0 only) and close the W&B run so the next job gets its own."""
+    if trainer.is_global_zero:
+        write_json(output_dir / "summary.json", summary)
+        log.info("wrote %s", output_dir / "summary.json")
+    if any(isinstance(lg, WandbLogger) for lg in trainer.loggers):
+        import wandb
+
+        wandb.finish()
+    return summary

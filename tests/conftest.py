@@ -1,0 +1,82 @@
+"""Shared fixtures: a tiny generated dataset, config composition, and running train.py for real."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, open_dict
+
+from isim.data import SyntheticSpec, ensure_synthetic_voc
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY_SPEC = SyntheticSpec(num_train=24, num_val=8, image_size=64, max_objects=2, seed=3)
+# A stage run small enough for a test: tiny images, one epoch, two CAM scales, no worker processes.
+TINY_RUN = [
+    "data.crop_size=56",
+    "data.resize_long=[56,72]",
+    "data.batch_size=8",
+    "data.num_workers=0",
+    "cam.max_epochs=1",
+    "cam.scales=[1.0,0.5]",
+    "cam.overlays=2",
+    "model.backbone=resnet10t",
+    "model.pretrained=false",
+    "logger=csv",
+]
+TINY = [
+    *(f"data.synthetic.{key}={value}" for key, value in TINY_SPEC.__dict__.items()),
+    "data.eval_batch_size=8",
+    *TINY_RUN,
+]
+
+
+@pytest.fixture(scope="session")
+def tiny_voc(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny synthetic set in VOC layout; tests that damage it must copy it first (``tiny_voc_copy``)."""
+    return ensure_synthetic_voc(tmp_path_factory.mktemp("data") / "synthetic", TINY_SPEC)
+
+
+@pytest.fixture
+def tiny_voc_copy(tiny_voc: Path, tmp_path: Path) -> Path:
+    return Path(shutil.copytree(tiny_voc, tmp_path / "voc"))
+
+
+def compose_config(*overrides: str, output_dir: Path | None = None) -> DictConfig:
+    """The composed config as train.py would see it, with Hydra's runtime values set."""
+    with initialize_config_dir(version_base="1.3", config_dir=str(ROOT / "conf")):
+        cfg = compose("train", overrides=list(overrides), return_hydra_config=True)
+        HydraConfig.instance().set_config(cfg)
+        with open_dict(cfg):
+            cfg.paths.root_dir = str(output_dir or ROOT)
+            cfg.paths.output_dir = str(output_dir or ROOT / "runs")
+    return cfg
+
+
+def run_train(root: Path, *overrides: str, check: bool = True, timeout: int = 600) -> subprocess.CompletedProcess:
+    """Run ``python train.py`` in ``root`` (data, runs and sweeps land there)."""
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "WANDB_SILENT": "true"}
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "train.py"), *overrides],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(
+            f"train.py failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+        )
+    return result
+
+
+def read_summary(run_dir: Path) -> dict:
+    return json.loads((run_dir / "summary.json").read_text())

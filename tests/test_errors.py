@@ -1,0 +1,93 @@
+"""Bad input gives one clear line that names the file or key, a non-zero exit, and writes nothing."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from isim.data import VOCDataset
+from isim.errors import IsimError
+from tests.conftest import TINY, TINY_RUN, run_train
+
+NAME = "synthetic_00001"
+
+
+def corrupt_image(root: Path) -> None:
+    (root / f"JPEGImages/{NAME}.jpg").write_bytes(b"not a jpeg")
+
+
+def missing_image(root: Path) -> None:
+    (root / f"JPEGImages/{NAME}.jpg").unlink()
+
+
+def missing_xml(root: Path) -> None:
+    (root / f"Annotations/{NAME}.xml").unlink()
+
+
+def unknown_class(root: Path) -> None:
+    path = root / f"Annotations/{NAME}.xml"
+    path.write_text(path.read_text().replace("<name>", "<name>unicorn", 1))
+
+
+def empty_split(root: Path) -> None:
+    (root / "ImageSets/Segmentation/train.txt").write_text("\n")
+
+
+def size_mismatch(root: Path) -> None:
+    path = root / f"SegmentationClass/{NAME}.png"
+    mask = Image.open(path)
+    mask.resize((mask.width + 3, mask.height)).save(path)
+
+
+DAMAGE: dict[str, tuple[Callable[[Path], None], str]] = {
+    "corrupt image": (corrupt_image, f"image .*{NAME}.jpg is corrupt"),
+    "missing image": (missing_image, f"image .*{NAME}.jpg is missing"),
+    "missing xml": (missing_xml, f"annotation .*{NAME}.xml cannot be read"),
+    "unknown class": (unknown_class, f"annotation .*{NAME}.xml names unknown class.*unicorn"),
+    "empty split": (empty_split, "split list .*train.txt is empty"),
+    "size mismatch": (size_mismatch, f"mask .*{NAME}.png is 67x64 but its image is 64x64"),
+}
+
+
+@pytest.mark.parametrize("case", DAMAGE)
+def test_damaged_dataset_names_the_file(case: str, tiny_voc_copy: Path) -> None:
+    damage, message = DAMAGE[case]
+    damage(tiny_voc_copy)
+    with pytest.raises(IsimError, match=message):
+        data = VOCDataset(tiny_voc_copy, "train")
+        for index in range(len(data)):
+            data[index]
+
+
+def assert_one_line_error(result, *fragments: str) -> None:
+    assert result.returncode == 2, result.stderr[-2000:]
+    lines = [line for line in result.stderr.splitlines() if line.startswith("isim: error:")]
+    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+def test_unknown_backbone_suggests_timm_names(tmp_path: Path) -> None:
+    result = run_train(tmp_path, *TINY, "model.backbone=resnet5", check=False)
+    assert_one_line_error(result, "model.backbone='resnet5' is not a timm model", "resnet50")
+    assert not (tmp_path / "data").exists()  # failed before generating or writing anything
+
+
+def test_missing_dataset_directory_says_how_to_get_data(tmp_path: Path) -> None:
+    result = run_train(tmp_path, *TINY_RUN, "data=voc12", f"data.root={tmp_path}/VOC2012", check=False)
+    assert_one_line_error(result, f"data.root={tmp_path}/VOC2012 does not exist", "data=synthetic")
+
+
+@pytest.mark.parametrize("case", ["corrupt image", "unknown class"])
+def test_cli_reports_dataset_errors_in_one_line(case: str, tiny_voc_copy: Path, tmp_path: Path) -> None:
+    DAMAGE[case][0](tiny_voc_copy)
+    # One worker process: the error crosses a DataLoader worker boundary and still reads as one line.
+    result = run_train(
+        tmp_path, *TINY_RUN, "data=voc12", f"data.root={tiny_voc_copy}", "data.num_workers=1", "name=bad", check=False
+    )
+    assert_one_line_error(result, NAME)
+    assert not (tmp_path / "runs/bad/cam/summary.json").exists()
+    assert not list((tmp_path / "runs/bad/cam").glob("checkpoints/*.ckpt"))

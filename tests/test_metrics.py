@@ -1,0 +1,55 @@
+"""mIoU from confusion matrices, checked against torchmetrics, and the threshold sweep."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torchmetrics.classification import MulticlassJaccardIndex
+
+from isim.metrics import ThresholdSweep, confusion_matrix, iou_per_class, labels_from_cams, mean_iou, sweep_report
+
+
+def test_iou_matches_torchmetrics_with_ignored_pixels() -> None:
+    gen = torch.Generator().manual_seed(0)
+    target = torch.randint(0, 6, (4, 32, 32), generator=gen)
+    target[:, :3] = 255
+    pred = torch.where(
+        torch.rand(target.shape, generator=gen) < 0.6,
+        target.clamp(max=5),
+        torch.randint(0, 6, target.shape, generator=gen),
+    )
+    ours = iou_per_class(confusion_matrix(pred, target, 6))
+    reference = MulticlassJaccardIndex(num_classes=6, ignore_index=255, average="none")(pred, target)
+    torch.testing.assert_close(ours.float(), reference)
+    assert math.isclose(mean_iou(confusion_matrix(pred, target, 6)), float(reference.mean()), rel_tol=1e-6)
+
+
+def test_absent_classes_do_not_count_in_the_mean() -> None:
+    target = torch.tensor([[0, 0, 1, 1]])
+    pred = torch.tensor([[0, 0, 1, 0]])
+    ious = iou_per_class(confusion_matrix(pred, target, 4))
+    assert ious[:2].tolist() == [2 / 3, 1 / 2] and ious[2:].isnan().all()
+    assert math.isclose(mean_iou(confusion_matrix(pred, target, 4)), (2 / 3 + 1 / 2) / 2)
+
+
+def test_threshold_sweep_equals_one_confusion_per_threshold() -> None:
+    gen = torch.Generator().manual_seed(1)
+    cams = torch.rand(3, 4, 16, 16, generator=gen)
+    masks = torch.randint(0, 5, (3, 16, 16), generator=gen)
+    thresholds = [0.2, 0.5, 0.9]
+    sweep = ThresholdSweep(thresholds, num_classes=5)
+    sweep.update(cams[:2], masks[:2])
+    sweep.update(cams[2:], masks[2:])
+    for i, threshold in enumerate(thresholds):
+        expected = confusion_matrix(labels_from_cams(cams, threshold), masks, 5)
+        assert torch.equal(sweep.compute()[i], expected)
+    report = sweep_report(sweep.compute(), thresholds, ["bg", "a", "b", "c", "d"])
+    assert report["best_miou"] == max(row["miou"] for row in report["sweep"])
+    assert report["best_threshold"] in thresholds and set(report["best_per_class_iou"]) == {"bg", "a", "b", "c", "d"}
+
+
+def test_labels_from_cams_uses_background_below_threshold() -> None:
+    cams = torch.tensor([[[[0.1, 0.6]], [[0.3, 0.2]]]])  # 2 classes, 1x2 image
+    assert labels_from_cams(cams, 0.25).tolist() == [[[2, 1]]]
+    assert labels_from_cams(cams, 0.5).tolist() == [[[0, 1]]]

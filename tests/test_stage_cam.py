@@ -1,0 +1,66 @@
+"""``python train.py stage=cam`` for real, on a tiny generated set: outputs, resume, determinism, W&B."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from tests.conftest import TINY, read_summary, run_train
+
+
+@pytest.fixture(scope="module")
+def cam_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("cam")
+    run_train(root, *TINY, "name=tiny", "cam.save=true")
+    return root
+
+
+def test_cam_stage_writes_summary_checkpoint_cams_and_overlays(cam_run: Path) -> None:
+    run_dir = cam_run / "runs/tiny/cam"
+    summary = read_summary(run_dir)
+    cam = summary["cam"]
+    assert summary["stage"] == "cam" and summary["data"]["images"] == 24
+    assert [row["threshold"] for row in cam["sweep"]] == pytest.approx([0.05 * i for i in range(1, 11)])
+    assert cam["best_miou"] == max(row["miou"] for row in cam["sweep"])
+    assert 0 < cam["all_background_miou"] < 1 and len(cam["best_per_class_iou"]) == 21
+    assert "val/mAP" in summary["classifier"] and summary["timings"]["train_s"] > 0
+    assert (run_dir / "checkpoints/last.ckpt").is_file() and (run_dir / ".hydra/config.yaml").is_file()
+    assert len(list((run_dir / "overlays").glob("*.png"))) == 2
+    files = sorted((run_dir / "cams").glob("*.npz"))
+    assert len(files) == 24
+    # One map per class of the image, max-normalised (all 0 where a 1-epoch classifier never fires).
+    for file in files:
+        saved = np.load(file)
+        peaks = torch.from_numpy(saved["cams"]).float().amax((1, 2))
+        assert len(peaks) == len(saved["classes"]) > 0 and saved["classes"].min() >= 1
+        assert ((peaks == 0) | ((peaks - 1).abs() < 1e-2)).all()
+
+
+def test_rerun_resumes_the_finished_run_and_gives_the_same_numbers(cam_run: Path) -> None:
+    first = read_summary(cam_run / "runs/tiny/cam")
+    result = run_train(cam_run, *TINY, "name=tiny", "cam.save=true")
+    assert "resuming from" in result.stdout + result.stderr
+    again = read_summary(cam_run / "runs/tiny/cam")
+    assert again["model"]["epochs"] == first["model"]["epochs"]
+    assert again["cam"]["sweep"] == first["cam"]["sweep"]
+
+
+def test_resume_refuses_a_checkpoint_of_other_settings(cam_run: Path) -> None:
+    result = run_train(cam_run, *TINY, "name=tiny", "model.classifier.lr=0.5", check=False)
+    assert result.returncode == 2 and "lr: 0.1 -> 0.5" in result.stderr and "name=<new name>" in result.stderr
+
+
+def test_same_seed_same_metrics_and_wandb_offline_run(cam_run: Path, tmp_path: Path) -> None:
+    result = run_train(tmp_path, *TINY, "name=tiny", "logger=wandb")
+    summary = read_summary(tmp_path / "runs/tiny/cam")
+    assert summary["cam"]["sweep"] == read_summary(cam_run / "runs/tiny/cam")["cam"]["sweep"], result.stdout[-500:]
+    runs = list((tmp_path / "runs/tiny/cam/wandb").glob("offline-run-*"))
+    assert len(runs) == 1 and list(runs[0].glob("*.wandb"))
+
+
+def test_another_backbone_runs(tmp_path: Path) -> None:
+    run_train(tmp_path, *TINY, "name=other", "model.backbone=resnet14t")
+    assert read_summary(tmp_path / "runs/other/cam")["model"]["backbone"] == "resnet14t"
