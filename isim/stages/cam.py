@@ -55,7 +55,12 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     summary = {
         "stage": "cam",
         "name": cfg.name,
-        "data": {"root": str(datamodule.root), "split": cfg.cam.split, "images": len(loader.dataset)},
+        "data": {
+            "name": datamodule.name,
+            "root": str(datamodule.root),
+            "split": cfg.cam.split,
+            "images": len(loader.dataset),
+        },
         "model": {
             "backbone": module.hparams.backbone,
             "output_stride": module.hparams.output_stride,
@@ -96,4 +101,6 @@ def _log(trainer: pl.Trainer, report: dict, inference: CAMInference, split: VOCD
     for name, cams, mask in inference.kept:
         pred = labels_from_cams(torch.from_numpy(cams)[None], report["best_threshold"])[0].numpy().astype(np.uint8)
         images[name] = overlay_strip(split.read_image(name), cams.max(0), pred, mask.astype(np.uint8))
-    log_results(trainer, metrics, (["threshold", "miou"], rows), images, output_dir / "overlays")
+    log_results(
+        trainer, metrics, {"cam/threshold_sweep": (["threshold", "miou"], rows)}, images, output_dir / "overlays"
+    )

@@ -67,11 +67,13 @@ def timed(timings: dict[str, float], key: str) -> Iterator[None]:
 def log_results(
     trainer: pl.Trainer,
     metrics: dict[str, float],
-    table: tuple[list[str], list[list]] | None = None,
+    tables: dict[str, tuple[list[str], list[list]]] | None = None,
     images: dict[str, np.ndarray] | None = None,
     image_dir: Path | None = None,
 ) -> None:
-    """Scalars go to every logger; the table and images to W&B; images also to ``image_dir`` as PNGs."""
+    """Scalars go to every logger; tables (key: (columns, rows)) and images to W&B; images also to ``image_dir``."""
+    if not trainer.is_global_zero:
+        return
     for logger in trainer.loggers:
         logger.log_metrics(metrics, step=trainer.global_step)
     images = images or {}
@@ -79,9 +81,9 @@ def log_results(
         for name, image in images.items():
             write_png(image_dir / f"{name}.png", image)
     wandb_logger = next((lg for lg in trainer.loggers if isinstance(lg, WandbLogger)), None)
-    if wandb_logger is not None and trainer.is_global_zero:
-        if table is not None:
-            wandb_logger.log_table("cam/threshold_sweep", columns=table[0], data=table[1])
+    if wandb_logger is not None:
+        for key, (columns, rows) in (tables or {}).items():
+            wandb_logger.log_table(key, columns=columns, data=rows)
         if images:
             wandb_logger.log_image("overlays", images=list(images.values()), caption=list(images))
 

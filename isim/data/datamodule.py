@@ -1,0 +1,117 @@
+"""The LightningDataModule over a VOC-layout directory (real VOC or the generated synthetic set)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import albumentations as A
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from isim.data.classes import IGNORE_INDEX
+from isim.data.synthetic import SyntheticSpec, ensure_synthetic_voc
+from isim.data.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transform, train_transform
+from isim.data.voc import VOCDataset
+from isim.errors import IsimError
+
+
+class TransformedDataset(Dataset):
+    """A VOC split as tensors: {"name", "image", "labels", "mask"} (mask 255 where there is no GT)."""
+
+    def __init__(self, voc: VOCDataset, transform: A.Compose) -> None:
+        self.voc, self.transform = voc, transform
+        self._seeded_in: int | None = None
+
+    def __len__(self) -> int:
+        return len(self.voc)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        if self._seeded_in != os.getpid():
+            # albumentations draws from its own generator; seed it from torch's per-worker seed so that
+            # the same seed gives the same augmentations in every worker layout.
+            self.transform.set_random_seed(torch.initial_seed() % 2**32)
+            self._seeded_in = os.getpid()
+        sample = self.voc[index]
+        mask = sample.mask if sample.mask is not None else np.full(sample.image.shape[:2], IGNORE_INDEX, np.uint8)
+        out = self.transform(image=sample.image, mask=mask)
+        return {
+            "name": sample.name,
+            "image": out["image"],
+            "labels": torch.from_numpy(sample.labels),
+            "mask": out["mask"].long(),
+        }
+
+
+def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
+    shapes = {tuple(item["image"].shape) for item in items}
+    if len(shapes) > 1:
+        raise IsimError(f"images of different sizes {sorted(shapes)} in one batch; set data.eval_batch_size=1")
+    return torch.utils.data.default_collate(items)
+
+
+class WSSSDataModule(pl.LightningDataModule):
+    """Train/val splits of a VOC-layout dataset with image-level labels and (optional) GT masks."""
+
+    def __init__(
+        self,
+        root: str,
+        name: str = "voc12",
+        train_split: str = "train",
+        val_split: str = "val",
+        mask_dir: str = "SegmentationClass",
+        batch_size: int = 16,
+        eval_batch_size: int = 1,
+        num_workers: int = 2,
+        crop_size: int = 512,
+        resize_long: Sequence[int] = (320, 640),
+        color_jitter: float = 0.3,
+        mean: Sequence[float] = IMAGENET_MEAN,
+        std: Sequence[float] = IMAGENET_STD,
+        synthetic: dict[str, int] | None = None,
+    ) -> None:
+        super().__init__()
+        self.root = Path(root)
+        self.name, self.train_split, self.val_split, self.mask_dir = name, train_split, val_split, mask_dir
+        self.batch_size, self.eval_batch_size, self.num_workers = batch_size, eval_batch_size, num_workers
+        self.train_tf = train_transform(crop_size, resize_long, color_jitter, mean, std)
+        self.eval_tf = eval_transform(mean, std)
+        self.synthetic = SyntheticSpec(**synthetic) if synthetic is not None else None
+        if self.synthetic is None and not self.root.is_dir():
+            raise IsimError(
+                f"data.root={self.root} does not exist; set it to your VOCdevkit/VOC2012 directory, "
+                "or use the generated default with data=synthetic"
+            )
+
+    def prepare_data(self) -> None:
+        if self.synthetic is not None:
+            ensure_synthetic_voc(self.root, self.synthetic)
+
+    def split(self, split: str) -> VOCDataset:
+        return VOCDataset(self.root, split, self.mask_dir)
+
+    def train_dataloader(self) -> DataLoader:
+        data = TransformedDataset(self.split(self.train_split), self.train_tf)
+        return self._loader(data, self.batch_size, shuffle=True, drop_last=len(data) >= self.batch_size)
+
+    def val_dataloader(self) -> DataLoader:
+        return self.eval_dataloader(self.val_split)
+
+    def eval_dataloader(self, split: str) -> DataLoader:
+        """Un-augmented, full-size images of ``split``, in list order."""
+        return self._loader(TransformedDataset(self.split(split), self.eval_tf), self.eval_batch_size, shuffle=False)
+
+    def _loader(self, data: Dataset, batch_size: int, shuffle: bool, drop_last: bool = False) -> DataLoader:
+        return DataLoader(
+            data,
+            batch_size=batch_size,
+            shuffle=shuffle,
+            drop_last=drop_last,
+            collate_fn=collate,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+        )

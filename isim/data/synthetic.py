@@ -1,0 +1,195 @@
+"""A synthetic weakly-supervised segmentation set, written to disk in the PASCAL VOC 2012 layout.
+
+It is built to be hard in the way real photos are for WSSS. Every object has a small
+class-specific *part* (a saturated hue, solid or striped: 10 hues x 2 patterns = 20 classes) on
+a larger *body* whose look (dark, desaturated, finely textured) is shared by all classes, over
+textured backgrounds. An image-level classifier only needs the part, so its CAM covers the part
+and misses most of the body, just as a CAM finds a cat's face and misses its fur.
+
+Every image is generated from ``(seed, index)`` alone, so the set is the same on every machine.
+"""
+
+from __future__ import annotations
+
+import colorsys
+import json
+import os
+import shutil
+import xml.etree.ElementTree as ET
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+from tqdm import tqdm
+
+from isim.data.classes import IGNORE_INDEX, VOC_CLASSES, voc_palette
+from isim.errors import IsimError
+from isim.io import write_png
+
+MANIFEST = "isim_synthetic.json"
+NUM_HUES = 10
+
+
+@dataclass(frozen=True)
+class SyntheticSpec:
+    """What the generator makes; stored in the dataset's manifest to detect stale copies."""
+
+    num_train: int = 300
+    num_val: int = 100
+    image_size: int = 128
+    max_objects: int = 3
+    seed: int = 0
+
+
+def ensure_synthetic_voc(root: str | Path, spec: SyntheticSpec) -> Path:
+    """Generate the set into ``root`` unless an identical one is already there."""
+    root = Path(root)
+    manifest = root / MANIFEST
+    if manifest.exists():
+        found = json.loads(manifest.read_text())
+        if found != asdict(spec):
+            raise IsimError(
+                f"{root} holds a synthetic set made with {found}, but the config asks for "
+                f"{asdict(spec)}; delete {root} or set data.root to another directory"
+            )
+        return root
+    if root.exists() and any(root.iterdir()):
+        raise IsimError(f"{root} exists and is not an isim synthetic set; set data.root elsewhere")
+    _generate(root, spec)
+    return root
+
+
+def _generate(root: Path, spec: SyntheticSpec) -> None:
+    # Build in a sibling directory and rename, so an interrupted run never leaves half a dataset.
+    tmp = root.with_name(f".{root.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    for sub in ("JPEGImages", "SegmentationClass", "Annotations", "ImageSets/Segmentation"):
+        (tmp / sub).mkdir(parents=True)
+    splits = {"train": range(spec.num_train), "val": range(spec.num_train, spec.num_train + spec.num_val)}
+    palette = voc_palette()
+    for split, indices in splits.items():
+        names = [f"synthetic_{i:05d}" for i in indices]
+        for name, index in zip(tqdm(names, desc=f"generating synthetic {split}", leave=False), indices, strict=True):
+            image, mask, objects = render_image(spec, index)
+            cv2.imwrite(str(tmp / "JPEGImages" / f"{name}.jpg"), image[:, :, ::-1], [cv2.IMWRITE_JPEG_QUALITY, 95])
+            write_png(tmp / "SegmentationClass" / f"{name}.png", mask, palette)
+            _write_annotation(tmp / "Annotations" / f"{name}.xml", name, image.shape, objects)
+        (tmp / "ImageSets/Segmentation" / f"{split}.txt").write_text("\n".join(names) + "\n")
+    (tmp / MANIFEST).write_text(json.dumps(asdict(spec), indent=2) + "\n")
+    root.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(tmp, root)
+
+
+def part_color(class_index: int) -> tuple[float, float, float]:
+    """The class-specific part colour (RGB in [0, 1]); classes k and k+10 share a hue."""
+    hue = ((class_index - 1) % NUM_HUES) / NUM_HUES
+    return colorsys.hsv_to_rgb(hue, 0.85, 0.95)
+
+
+def render_image(spec: SyntheticSpec, index: int) -> tuple[np.ndarray, np.ndarray, list[tuple[int, tuple]]]:
+    """Draw image ``index``: (RGB uint8 image, uint8 class mask with 255 boundaries, [(class, box)])."""
+    rng = np.random.default_rng([spec.seed, index])
+    size = spec.image_size
+    image = _background(rng, size)
+    labels = np.zeros((size, size), np.uint8)
+    objects = []
+    for _ in range(int(rng.integers(1, spec.max_objects + 1))):
+        class_index = int(rng.integers(1, len(VOC_CLASSES)))
+        body, part = _object_shape(rng, size, labels)
+        image = np.where(body[..., None], _body_texture(rng, size), image)
+        image = np.where(part[..., None], _part_texture(rng, size, class_index), image)
+        labels[body | part] = class_index
+        objects.append((class_index, _box(body | part)))
+    mask = _with_boundaries(labels)
+    return np.clip(image * 255, 0, 255).astype(np.uint8), mask, objects
+
+
+def _smooth_noise(rng: np.random.Generator, size: int, cells: int, channels: int = 1) -> np.ndarray:
+    coarse = rng.random((cells, cells, channels)).astype(np.float32)
+    fine = cv2.resize(coarse, (size, size), interpolation=cv2.INTER_CUBIC)
+    return fine.reshape(size, size, channels)
+
+
+def _background(rng: np.random.Generator, size: int) -> np.ndarray:
+    """Light, low-saturation clutter: blotches at two scales plus, often, a striped texture."""
+    base = np.array(colorsys.hsv_to_rgb(rng.random(), rng.uniform(0.05, 0.3), rng.uniform(0.6, 0.9)))
+    blotches = 0.18 * (_smooth_noise(rng, size, 4, 3) - 0.5) + 0.12 * (_smooth_noise(rng, size, 12, 3) - 0.5)
+    image = base + blotches
+    if rng.random() < 0.5:
+        angle, period = rng.uniform(0, np.pi), rng.uniform(5, 14)
+        yy, xx = np.mgrid[:size, :size]
+        stripes = np.sin((xx * np.cos(angle) + yy * np.sin(angle)) * 2 * np.pi / period)
+        image = image + 0.06 * stripes[..., None]
+    return np.clip(image + rng.normal(0, 0.02, image.shape), 0, 1)
+
+
+def _body_texture(rng: np.random.Generator, size: int) -> np.ndarray:
+    """The look shared by every class: dark, desaturated, with fine fur-like grain."""
+    base = np.array(colorsys.hsv_to_rgb(rng.uniform(0.05, 0.12), rng.uniform(0.1, 0.35), rng.uniform(0.25, 0.45)))
+    grain = rng.normal(0, 0.06, (size, size, 1)) + 0.1 * (_smooth_noise(rng, size, 10) - 0.5)
+    return np.clip(base + grain, 0, 1)
+
+
+def _part_texture(rng: np.random.Generator, size: int, class_index: int) -> np.ndarray:
+    color = np.array(part_color(class_index)) * rng.uniform(0.85, 1.0)
+    texture = np.broadcast_to(color, (size, size, 3)).copy()
+    if class_index > NUM_HUES:  # the second ten classes carry dark stripes on the same hues
+        yy, xx = np.mgrid[:size, :size]
+        period = rng.uniform(4, 6)
+        texture[np.sin((xx + yy * rng.uniform(-1, 1)) * 2 * np.pi / period) > 0.3] *= 0.35
+    return np.clip(texture + rng.normal(0, 0.02, texture.shape), 0, 1)
+
+
+def _object_shape(rng: np.random.Generator, size: int, taken: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A rotated elliptic body with a round part on one end, placed mostly over free space."""
+    best = None
+    for _ in range(20):
+        scale = rng.uniform(0.8, 1.2) * size / 128
+        axes = (int(rng.uniform(22, 32) * scale), int(rng.uniform(14, 21) * scale))
+        angle = rng.uniform(0, 360)
+        margin = axes[0] + 4
+        center = rng.integers(margin, size - margin, 2) if size > 2 * margin else np.array([size // 2] * 2)
+        body = np.zeros((size, size), np.uint8)
+        cv2.ellipse(body, tuple(int(c) for c in center), axes, angle, 0, 360, 1, -1)
+        theta = np.deg2rad(angle) + (np.pi if rng.random() < 0.5 else 0)
+        tip = center + 0.95 * axes[0] * np.array([np.cos(theta), np.sin(theta)])
+        part = np.zeros_like(body)
+        cv2.circle(part, tuple(int(c) for c in tip), int(rng.uniform(10, 13) * scale), 1, -1)
+        overlap = (taken[body.astype(bool) | part.astype(bool)] > 0).mean()
+        if best is None or overlap < best[0]:
+            best = (overlap, body.astype(bool), part.astype(bool))
+        if overlap < 0.05:
+            break
+    return best[1], best[2]
+
+
+def _with_boundaries(labels: np.ndarray) -> np.ndarray:
+    """VOC marks a band around every object outline as 255 (ignored in evaluation)."""
+    kernel = np.ones((3, 3), np.uint8)
+    grown = cv2.dilate(labels, kernel)
+    shrunk = cv2.erode(labels, kernel)
+    mask = labels.copy()
+    mask[(grown != labels) | (shrunk != labels)] = IGNORE_INDEX
+    return mask
+
+
+def _box(region: np.ndarray) -> tuple[int, int, int, int]:
+    ys, xs = np.nonzero(region)
+    return int(xs.min()) + 1, int(ys.min()) + 1, int(xs.max()) + 1, int(ys.max()) + 1
+
+
+def _write_annotation(path: Path, name: str, shape: tuple, objects: list[tuple[int, tuple]]) -> None:
+    root = ET.Element("annotation")
+    ET.SubElement(root, "filename").text = f"{name}.jpg"
+    size = ET.SubElement(root, "size")
+    for key, value in zip(("height", "width", "depth"), shape, strict=True):
+        ET.SubElement(size, key).text = str(value)
+    for class_index, (xmin, ymin, xmax, ymax) in objects:
+        obj = ET.SubElement(root, "object")
+        ET.SubElement(obj, "name").text = VOC_CLASSES[class_index]
+        ET.SubElement(obj, "difficult").text = "0"
+        box = ET.SubElement(obj, "bndbox")
+        for key, value in zip(("xmin", "ymin", "xmax", "ymax"), (xmin, ymin, xmax, ymax), strict=True):
+            ET.SubElement(box, key).text = str(value)
+    ET.ElementTree(root).write(path)
