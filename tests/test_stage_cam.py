@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.conftest import TINY, read_summary, run_train
+from tests.conftest import TINY, TINY_RUN, read_summary, run_train
 
 
 @pytest.fixture(scope="module")
@@ -61,6 +61,8 @@ def test_same_seed_same_metrics_and_wandb_offline_run(cam_run: Path, tmp_path: P
     assert len(runs) == 1 and list(runs[0].glob("*.wandb"))
 
 
-def test_another_backbone_runs(tmp_path: Path) -> None:
-    run_train(tmp_path, *TINY, "name=other", "model.backbone=resnet14t")
-    assert read_summary(tmp_path / "runs/other/cam")["model"]["backbone"] == "resnet14t"
+def test_another_backbone_on_a_voc_layout_directory(tiny_voc: Path, tmp_path: Path) -> None:
+    run_train(tmp_path, *TINY_RUN, "data=voc12", f"data.root={tiny_voc}", "name=other", "model.backbone=resnet14t")
+    summary = read_summary(tmp_path / "runs/other/cam")
+    assert summary["model"]["backbone"] == "resnet14t" and summary["data"]["name"] == "voc12"
+    assert summary["data"]["root"] == str(tiny_voc) and summary["data"]["images"] == 24

@@ -26,45 +26,25 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     start = time.perf_counter()
     output_dir = Path(cfg.paths.output_dir)
     datamodule: WSSSDataModule = instantiate(cfg.data)
-    module: ClassifierModule = instantiate(cfg.model.classifier, num_classes=len(VOC_CLASSES) - 1)
     trainer = build_trainer(cfg, max_epochs=cfg.cam.max_epochs)
     timings: dict[str, float] = {}
     with timed(timings, "train_s"):
-        trainer.fit(
-            module, datamodule=datamodule, ckpt_path=resume_checkpoint(cfg.ckpt_path, output_dir, dict(module.hparams))
-        )
-    # Read before trainer.test, which resets the trainer's callback metrics.
-    classifier_metrics = {
-        key: float(value) for key, value in trainer.callback_metrics.items() if key.startswith("val/")
-    }
-    inference = CAMInference(
-        module.net,
-        cfg.cam.scales,
-        cfg.cam.flip,
-        cfg.cam.thresholds,
-        len(VOC_CLASSES),
-        output_dir / "cams" if cfg.cam.save else None,
-        keep=cfg.cam.overlays,
-    )
-    loader = datamodule.eval_dataloader(cfg.cam.split)
+        module, classifier_metrics = train_classifier(cfg, datamodule, trainer, output_dir)
     with timed(timings, "cam_s"):
-        trainer.test(inference, dataloaders=loader, verbose=False)
+        inference, images = evaluate_cams(cfg, module, datamodule, trainer, output_dir)
     confusion = inference.sweep.compute().cpu()
     report = sweep_report(confusion, cfg.cam.thresholds, VOC_CLASSES)
     timings["total_s"] = round(time.perf_counter() - start, 2)
+    timings["cam_images_per_s"] = round(images / max(timings["cam_s"], 1e-9), 2)
+    hparams = module.hparams
     summary = {
         "stage": "cam",
         "name": cfg.name,
-        "data": {
-            "name": datamodule.name,
-            "root": str(datamodule.root),
-            "split": cfg.cam.split,
-            "images": len(loader.dataset),
-        },
+        "data": {"name": datamodule.name, "root": str(datamodule.root), "split": cfg.cam.split, "images": images},
         "model": {
-            "backbone": module.hparams.backbone,
-            "output_stride": module.hparams.output_stride,
-            "pretrained": module.hparams.pretrained,
+            "backbone": hparams.backbone,
+            "output_stride": hparams.output_stride,
+            "pretrained": hparams.pretrained,
             "epochs": trainer.current_epoch,
         },
         "classifier": classifier_metrics,
@@ -74,7 +54,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             **report,
             "all_background_miou": _all_background_miou(confusion[0]),
         },
-        "timings": {**timings, "cam_images_per_s": round(len(loader.dataset) / max(timings["cam_s"], 1e-9), 2)},
+        "timings": timings,
         "config": OmegaConf.to_container(cfg, resolve=True),
     }
     log.info(
@@ -85,6 +65,30 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     )
     _log(trainer, report, inference, datamodule.split(cfg.cam.split), output_dir)
     return finish(trainer, output_dir, summary)
+
+
+def train_classifier(
+    cfg: DictConfig, datamodule: WSSSDataModule, trainer: pl.Trainer, output_dir: Path
+) -> tuple[ClassifierModule, dict[str, float]]:
+    """Fit (or resume) the classifier; returns it with its last validation metrics."""
+    module: ClassifierModule = instantiate(cfg.model.classifier, num_classes=len(VOC_CLASSES) - 1)
+    resume = resume_checkpoint(cfg.ckpt_path, output_dir, dict(module.hparams))
+    trainer.fit(module, datamodule=datamodule, ckpt_path=resume)
+    # Read now: trainer.test resets the trainer's callback metrics.
+    return module, {key: float(value) for key, value in trainer.callback_metrics.items() if key.startswith("val/")}
+
+
+def evaluate_cams(
+    cfg: DictConfig, module: ClassifierModule, datamodule: WSSSDataModule, trainer: pl.Trainer, output_dir: Path
+) -> tuple[CAMInference, int]:
+    """Multi-scale + flip CAMs over ``cam.split`` into the threshold sweep; returns it and the image count."""
+    save_dir = output_dir / "cams" if cfg.cam.save else None
+    inference = CAMInference(
+        module.net, cfg.cam.scales, cfg.cam.flip, cfg.cam.thresholds, len(VOC_CLASSES), save_dir, cfg.cam.overlays
+    )
+    loader = datamodule.eval_dataloader(cfg.cam.split)
+    trainer.test(inference, dataloaders=loader, verbose=False)
+    return inference, len(loader.dataset)
 
 
 def _all_background_miou(confusion: torch.Tensor) -> float:
