@@ -86,3 +86,18 @@ def sweep_report(confusion: torch.Tensor, thresholds: Sequence[float], class_nam
 
 def _finite(value: float) -> float | None:
     return None if value != value else value  # NaN (class absent) becomes JSON null
+
+
+def segmentation_report(confusion: torch.Tensor, class_names: Sequence[str]) -> dict:
+    """mIoU with per-class IoU, precision and recall (NaN / null where a class is absent)."""
+    confusion = confusion.double()
+    hits = confusion.diagonal()
+    precision = torch.where(confusion.sum(0) > 0, hits / confusion.sum(0).clamp(min=1), torch.nan)
+    recall = torch.where(confusion.sum(1) > 0, hits / confusion.sum(1).clamp(min=1), torch.nan)
+    per_class = {
+        name: {"iou": _finite(iou), "precision": _finite(p), "recall": _finite(r)}
+        for name, iou, p, r in zip(
+            class_names, iou_per_class(confusion).tolist(), precision.tolist(), recall.tolist(), strict=True
+        )
+    }
+    return {"miou": mean_iou(confusion), "per_class": per_class}

@@ -31,12 +31,17 @@ def test_cam_stage_writes_summary_checkpoint_cams_and_overlays(cam_run: Path) ->
     assert len(list((run_dir / "overlays").glob("*.png"))) == 2
     files = sorted((run_dir / "cams").glob("*.npz"))
     assert len(files) == 24
-    # One map per class of the image, max-normalised (all 0 where a 1-epoch classifier never fires).
+    # One map per class of the image, max-normalised (all 0 where the tiny classifier never fires).
+    fired = 0
     for file in files:
         saved = np.load(file)
         peaks = torch.from_numpy(saved["cams"]).float().amax((1, 2))
         assert len(peaks) == len(saved["classes"]) > 0 and saved["classes"].min() >= 1
-        assert ((peaks == 0) | ((peaks - 1).abs() < 1e-2)).all()
+        # max / (max + 1e-5): 1 for any real activation, a little less for a barely-firing map
+        assert (peaks <= 1).all() and ((peaks == 0) | (peaks > 0.9)).all()
+        fired += int((peaks > 0).sum())
+    assert fired >= len(files) // 2
+    assert cam["best_miou"] > cam["all_background_miou"] + 0.03  # even the tiny classifier localises something
 
 
 def test_rerun_resumes_the_finished_run_and_gives_the_same_numbers(cam_run: Path) -> None:
@@ -50,7 +55,7 @@ def test_rerun_resumes_the_finished_run_and_gives_the_same_numbers(cam_run: Path
 
 def test_resume_refuses_a_checkpoint_of_other_settings(cam_run: Path) -> None:
     result = run_train(cam_run, *TINY, "name=tiny", "model.classifier.lr=0.5", check=False)
-    assert result.returncode == 2 and "lr: 0.1 -> 0.5" in result.stderr and "name=<new name>" in result.stderr
+    assert result.returncode == 2 and "lr: 0.01 -> 0.5" in result.stderr and "name=<new name>" in result.stderr
 
 
 def test_same_seed_same_metrics_and_wandb_offline_run(cam_run: Path, tmp_path: Path) -> None:

@@ -21,10 +21,13 @@ from isim.errors import IsimError
 
 
 class TransformedDataset(Dataset):
-    """A VOC split as tensors: {"name", "image", "labels", "mask"} (mask 255 where there is no GT)."""
+    """A VOC split as tensors: {"name", "image", "labels", "mask"} (mask 255 where there is no GT).
 
-    def __init__(self, voc: VOCDataset, transform: A.Compose) -> None:
-        self.voc, self.transform = voc, transform
+    A ``tolerant`` dataset returns {"name", "error"} for an unreadable sample instead of raising.
+    """
+
+    def __init__(self, voc: VOCDataset, transform: A.Compose, tolerant: bool = False) -> None:
+        self.voc, self.transform, self.tolerant = voc, transform, tolerant
         self._seeded_in: int | None = None
 
     def __len__(self) -> int:
@@ -36,7 +39,12 @@ class TransformedDataset(Dataset):
             # the same seed gives the same augmentations in every worker layout.
             self.transform.set_random_seed(torch.initial_seed() % 2**32)
             self._seeded_in = os.getpid()
-        sample = self.voc[index]
+        try:
+            sample = self.voc[index]
+        except IsimError as error:
+            if not self.tolerant:
+                raise
+            return {"name": self.voc.names[index], "error": str(error)}
         mask = sample.mask if sample.mask is not None else np.full(sample.image.shape[:2], IGNORE_INDEX, np.uint8)
         out = self.transform(image=sample.image, mask=mask)
         return {
@@ -48,10 +56,13 @@ class TransformedDataset(Dataset):
 
 
 def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
+    """Stack the readable samples; unreadable ones (tolerant datasets) go to batch["errors"] as (name, message)."""
+    errors = [(item["name"], item["error"]) for item in items if "error" in item]
+    items = [item for item in items if "error" not in item]
     shapes = {tuple(item["image"].shape) for item in items}
     if len(shapes) > 1:
         raise IsimError(f"images of different sizes {sorted(shapes)} in one batch; set data.eval_batch_size=1")
-    return torch.utils.data.default_collate(items)
+    return {**(torch.utils.data.default_collate(items) if items else {}), "errors": errors}
 
 
 class WSSSDataModule(pl.LightningDataModule):
@@ -91,8 +102,8 @@ class WSSSDataModule(pl.LightningDataModule):
         if self.synthetic is not None:
             ensure_synthetic_voc(self.root, self.synthetic)
 
-    def split(self, split: str) -> VOCDataset:
-        return VOCDataset(self.root, split, self.mask_dir)
+    def split(self, split: str, check_images: bool = True) -> VOCDataset:
+        return VOCDataset(self.root, split, self.mask_dir, check_images=check_images)
 
     def train_dataloader(self) -> DataLoader:
         data = TransformedDataset(self.split(self.train_split), self.train_tf)
@@ -101,9 +112,10 @@ class WSSSDataModule(pl.LightningDataModule):
     def val_dataloader(self) -> DataLoader:
         return self.eval_dataloader(self.val_split)
 
-    def eval_dataloader(self, split: str) -> DataLoader:
-        """Un-augmented, full-size images of ``split``, in list order."""
-        return self._loader(TransformedDataset(self.split(split), self.eval_tf), self.eval_batch_size, shuffle=False)
+    def eval_dataloader(self, split: str | VOCDataset, tolerant: bool = False) -> DataLoader:
+        """Un-augmented, full-size images of ``split`` (a name or a dataset), in list order."""
+        data = self.split(split) if isinstance(split, str) else split
+        return self._loader(TransformedDataset(data, self.eval_tf, tolerant), self.eval_batch_size, shuffle=False)
 
     def _loader(self, data: Dataset, batch_size: int, shuffle: bool, drop_last: bool = False) -> DataLoader:
         return DataLoader(

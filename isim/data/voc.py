@@ -6,6 +6,7 @@ file is needed; GT masks (palette or grey PNGs of class indices) are read when p
 
 from __future__ import annotations
 
+import copy
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,6 +54,7 @@ class VOCDataset:
         split: str,
         mask_dir: str | None = "SegmentationClass",
         classes: tuple[str, ...] = VOC_CLASSES,
+        check_images: bool = True,
     ) -> None:
         self.root = Path(root)
         if not (self.root / "JPEGImages").is_dir():
@@ -64,10 +66,18 @@ class VOCDataset:
         # Checked up front (cheap, and a clear error beats one from inside a DataLoader worker);
         # only decoding problems of images and masks surface later.
         self.labels = [self.read_labels(name) for name in self.names]
-        for name in self.names:
+        for name in self.names if check_images else ():
             image = self.root / "JPEGImages" / f"{name}.jpg"
             if not image.is_file():
                 raise IsimError(f"image {image} is missing; the split list {split} names it")
+
+    def subset(self, names: list[str]) -> VOCDataset:
+        """The same dataset restricted to ``names`` (in split order)."""
+        keep = set(names)
+        subset = copy.copy(self)
+        subset.names = [name for name in self.names if name in keep]
+        subset.labels = [labels for name, labels in zip(self.names, self.labels, strict=True) if name in keep]
+        return subset
 
     def __len__(self) -> int:
         return len(self.names)

@@ -11,13 +11,16 @@ import pytorch_lightning as pl
 import torch
 
 from isim.cam import multiscale_cams, normalize_cams
+from isim.errors import IsimError
 from isim.io import atomic_path
 from isim.metrics import ThresholdSweep
 from isim.models import Classifier
+from isim.pseudo_labels import LabelWriter
 
 
 class CAMInference(pl.LightningModule):
-    """Multi-scale + flip CAMs per image: threshold-sweep metric, optional ``.npz`` files, a few kept for overlays."""
+    """Multi-scale + flip CAMs per image into the threshold-sweep metric, and optionally into ``.npz``
+    files and a :class:`~isim.pseudo_labels.LabelWriter`; a few are kept for overlays."""
 
     def __init__(
         self,
@@ -28,20 +31,30 @@ class CAMInference(pl.LightningModule):
         num_classes: int,
         save_dir: str | Path | None = None,
         keep: int = 8,
+        writer: LabelWriter | None = None,
     ) -> None:
         super().__init__()
         self.net, self.scales, self.flip = net, tuple(scales), flip
         self.sweep = ThresholdSweep(thresholds, num_classes)
         self.save_dir = Path(save_dir) if save_dir else None
-        self.keep = keep
+        self.keep, self.writer = keep, writer
         self.kept: list[tuple[str, np.ndarray, np.ndarray]] = []  # (name, normalised CAMs, GT mask)
 
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        for name, message in batch["errors"]:
+            if self.writer is None:
+                raise IsimError(message)
+            self.writer.skip(name, message)
+        if "image" not in batch:
+            return
         cams = normalize_cams(multiscale_cams(self.net, batch["image"], self.scales, self.flip), batch["labels"])
         self.sweep.update(cams, batch["mask"])
         for name, cam, labels, mask in zip(batch["name"], cams, batch["labels"], batch["mask"], strict=True):
             if self.save_dir is not None:
                 save_cams(self.save_dir / f"{name}.npz", cam, labels)
+            if self.writer is not None:
+                classes = labels.nonzero().flatten()
+                self.writer.submit(name, cam[classes].cpu().numpy(), (classes + 1).cpu().numpy())
             if len(self.kept) < self.keep:
                 self.kept.append((name, cam.cpu().numpy(), mask.cpu().numpy()))
 

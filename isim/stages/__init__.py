@@ -10,9 +10,9 @@ from omegaconf import DictConfig
 
 from isim.errors import IsimError
 from isim.models import check_backbone
-from isim.stages import cam
+from isim.stages import cam, labels
 
-STAGES: dict[str, Callable[[DictConfig], dict[str, Any]]] = {"cam": cam.run}
+STAGES: dict[str, Callable[[DictConfig], dict[str, Any]]] = {"cam": cam.run, "labels": labels.run}
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:

@@ -1,0 +1,190 @@
+"""Pseudo-labels: CAMs -> seed labels -> dense CRF -> a label store of VOC-palette PNGs.
+
+The store is a directory of ``<name>.png`` label maps plus ``manifest.json`` saying what made
+them. PNGs are written atomically, so a store never holds a half-written file, and a re-run only
+labels the images that are missing.
+
+The CRF runs in worker processes fed through a bounded window of pending jobs, so the main
+process keeps computing CAMs while the workers refine, and memory does not grow with the
+dataset. Workers read each image from disk themselves: only the compact float16 CAMs of the
+image's own classes cross the process boundary.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import deque
+from collections.abc import Mapping
+from concurrent.futures import Future, ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+from tqdm import tqdm
+
+from isim.crf import crf_labels, crf_scores
+from isim.data.classes import IGNORE_INDEX, voc_palette
+from isim.errors import IsimError
+from isim.io import write_json, write_png
+
+
+@dataclass(frozen=True)
+class LabelSettings:
+    """How CAMs become labels; stored in the manifest so a store is never mixed from two settings."""
+
+    threshold: float  # background score: pixels whose best CAM is below it are background seeds
+    confident: tuple[float, float] | None  # (fg, bg) thresholds: pixels between them become 255 (IRN)
+    unary: str  # "label": hard seeds trusted with gt_prob; "softmax": normalised scores
+    gt_prob: float
+    gaussian: Mapping[str, float] = field(default_factory=dict)
+    bilateral: Mapping[str, float] = field(default_factory=dict)
+    iterations: int = 10
+
+
+def pseudo_label(image: np.ndarray, cams: np.ndarray, classes: np.ndarray, settings: LabelSettings) -> np.ndarray:
+    """A uint8 label map from an image (H, W, 3), its normalised CAMs (K, H, W) and their class indices (K,)."""
+    if settings.confident is None:
+        return _crf_at(image, cams, classes, settings.threshold, settings)
+    fg = _crf_at(image, cams, classes, settings.confident[0], settings)
+    bg = _crf_at(image, cams, classes, settings.confident[1], settings)
+    label = np.where(fg == 0, IGNORE_INDEX, fg).astype(np.uint8)
+    label[(fg == 0) & (bg == 0)] = 0  # background only where even the low threshold finds no object
+    return label
+
+
+def _crf_at(image: np.ndarray, cams: np.ndarray, classes: np.ndarray, threshold: float, s: LabelSettings) -> np.ndarray:
+    keys = np.concatenate([[0], classes]).astype(np.uint8)
+    scores = np.concatenate([np.full((1, *cams.shape[1:]), threshold, np.float32), cams])
+    if s.unary == "label":
+        compact = crf_labels(image, scores.argmax(0), len(keys), s.gt_prob, s.gaussian, s.bilateral, s.iterations)
+    elif s.unary == "softmax":
+        probs = scores / scores.sum(0, keepdims=True)
+        compact = crf_scores(image, probs, s.gaussian, s.bilateral, s.iterations)
+    else:
+        raise IsimError(f"crf.unary={s.unary!r} is unknown; use label or softmax")
+    return keys[compact]
+
+
+def label_image(image_path: Path, out_path: Path, cams: np.ndarray, classes: np.ndarray, s: LabelSettings) -> None:
+    """One store entry: read the image, refine, write the PNG atomically (runs in a worker)."""
+    try:
+        image = np.array(Image.open(image_path).convert("RGB"))
+    except FileNotFoundError:
+        raise IsimError(f"image {image_path} is missing") from None
+    except OSError as error:
+        raise IsimError(f"image {image_path} is corrupt or unreadable ({error})") from None
+    if image.shape[:2] != cams.shape[1:]:
+        raise IsimError(f"CAMs of {image_path} are {cams.shape[2]}x{cams.shape[1]} but the image is "
+                        f"{image.shape[1]}x{image.shape[0]}; were they computed from another image?")  # fmt: skip
+    write_png(out_path, pseudo_label(image, cams.astype(np.float32), classes, s), voc_palette())
+
+
+class LabelStore:
+    """A directory of label PNGs and the manifest that says what produced them."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+        self.manifest_path = self.root / "manifest.json"
+
+    def path(self, name: str) -> Path:
+        return self.root / f"{name}.png"
+
+    def missing(self, names: list[str]) -> list[str]:
+        return [name for name in names if not self.path(name).is_file()]
+
+    def read(self, name: str) -> np.ndarray:
+        return np.array(Image.open(self.path(name)))
+
+    def manifest(self) -> dict[str, Any] | None:
+        return json.loads(self.manifest_path.read_text()) if self.manifest_path.is_file() else None
+
+    def open(self, producer: dict[str, Any], overwrite: bool) -> None:
+        """Start or continue the store for ``producer``; a store made by anything else is refused."""
+        found = self.manifest()
+        if found is not None and found["producer"] != producer and not overwrite:
+            changed = sorted(key for key in producer if found["producer"].get(key) != producer[key])
+            raise IsimError(f"label store {self.root} was made with other settings (differs in {', '.join(changed)}); "
+                            "pass labels.overwrite=true to replace it, or name=<new name> for a new store")  # fmt: skip
+        if overwrite:
+            for png in self.root.glob("*.png"):
+                png.unlink()
+        write_json(self.manifest_path, {"producer": producer, "complete": False})
+
+    def close(self, counts: dict[str, Any]) -> None:
+        write_json(self.manifest_path, {**self.manifest(), "complete": True, "counts": counts})
+
+
+class LabelWriter:
+    """Refines CAMs into the store in ``workers`` processes (0: inline), at most ``2 x workers`` jobs in flight."""
+
+    def __init__(self, store: LabelStore, image_dir: Path, settings: LabelSettings, workers: int,
+                 on_error: str = "raise", total: int | None = None, progress: bool = True) -> None:  # fmt: skip
+        if on_error not in ("raise", "skip"):
+            raise IsimError(f"labels.on_error={on_error!r} must be raise or skip")
+        self.store, self.image_dir, self.settings, self.on_error = store, image_dir, settings, on_error
+        self.pool = ProcessPoolExecutor(workers) if workers > 0 else None
+        self.window = 2 * max(workers, 1)
+        self.pending: deque[tuple[str, Future]] = deque()
+        self.written: list[str] = []
+        self.skipped: dict[str, str] = {}
+        self.bar = tqdm(total=total, unit="img", desc="pseudo-labels", disable=not progress, dynamic_ncols=True)
+
+    def submit(self, name: str, cams: np.ndarray, classes: np.ndarray) -> None:
+        args = (self.image_dir / f"{name}.jpg", self.store.path(name), cams.astype(np.float16), classes, self.settings)
+        if self.pool is None:
+            self._finish(name, lambda: label_image(*args))
+            return
+        while len(self.pending) >= self.window:
+            self._collect()
+        self.pending.append((name, self.pool.submit(label_image, *args)))
+
+    def skip(self, name: str, message: str) -> None:
+        """An image that never reached the CRF (unreadable in the data loader): raise or record it."""
+        if self.on_error == "raise":
+            raise IsimError(message)
+        self.skipped[name] = message
+        self.bar.update()
+
+    def close(self) -> None:
+        try:
+            while self.pending:
+                self._collect()
+        finally:
+            if self.pool is not None:
+                self.pool.shutdown(cancel_futures=True)
+            self.bar.close()
+
+    def _collect(self) -> None:
+        name, future = self.pending.popleft()
+        self._finish(name, future.result)
+
+    def _finish(self, name: str, job: Any) -> None:
+        try:
+            job()
+            self.written.append(name)
+        except IsimError as error:
+            if self.on_error == "raise":
+                raise
+            self.skipped[name] = str(error)
+        self.bar.update()
+
+
+def settings_from_config(
+    crf: Mapping[str, Any], threshold: float, confident: Mapping[str, float] | None
+) -> LabelSettings:
+    return LabelSettings(
+        threshold=float(threshold),
+        confident=(float(confident["fg"]), float(confident["bg"])) if confident else None,
+        unary=crf["unary"],
+        gt_prob=float(crf["gt_prob"]),
+        gaussian=dict(crf["gaussian"]),
+        bilateral=dict(crf["bilateral"]),
+        iterations=int(crf["iterations"]),
+    )
+
+
+def default_workers() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1

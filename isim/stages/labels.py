@@ -1,0 +1,174 @@
+"""``stage=labels``: the CAM stage's classifier -> CAMs -> dense CRF -> a label store, evaluated against GT."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.accelerators import CPUAccelerator
+from tqdm import tqdm
+
+from isim.data import VOC_CLASSES, VOCDataset, WSSSDataModule
+from isim.errors import IsimError
+from isim.metrics import confusion_matrix, segmentation_report
+from isim.models import Classifier
+from isim.modules import CAMInference, ClassifierModule
+from isim.pseudo_labels import LabelSettings, LabelStore, LabelWriter, default_workers, settings_from_config
+from isim.stages.common import build_trainer, finish, log_results, timed
+from isim.visualize import overlay_strip
+
+log = logging.getLogger(__name__)
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    start = time.perf_counter()
+    output_dir = Path(cfg.paths.output_dir)
+    checkpoint = classifier_checkpoint(cfg)
+    settings = settings_from_config(cfg.crf, background_threshold(cfg), cfg.labels.confident)
+    datamodule: WSSSDataModule = instantiate(cfg.data)
+    datamodule.prepare_data()
+    data = datamodule.split(cfg.labels.split, check_images=cfg.labels.on_error == "raise")
+    trainer = build_trainer(cfg, max_epochs=1)
+    store = LabelStore(cfg.labels.store_dir)
+    if trainer.is_global_zero:
+        store.open(_producer(cfg, checkpoint, settings, datamodule), cfg.labels.overwrite)
+    trainer.strategy.barrier()
+    todo = data.names if cfg.labels.overwrite else store.missing(data.names)
+    workers = default_workers() if cfg.crf.workers is None else int(cfg.crf.workers)
+    if isinstance(trainer.accelerator, CPUAccelerator):
+        # CAM inference and the CRF workers share the cores: give torch what the workers leave.
+        torch.set_num_threads(max(1, default_workers() - workers))
+    timings: dict[str, float] = {}
+    writer = LabelWriter(store, data.root / "JPEGImages", settings, workers, cfg.labels.on_error, len(todo),
+                         progress=trainer.is_global_zero)  # fmt: skip
+    inference = CAMInference(load_classifier(checkpoint), cfg.cam.scales, cfg.cam.flip, [settings.threshold],
+                             len(VOC_CLASSES), keep=cfg.labels.overlays, writer=writer)  # fmt: skip
+    with timed(timings, "label_s"):
+        try:
+            if todo:
+                loader = datamodule.eval_dataloader(data.subset(todo), tolerant=True)
+                trainer.test(inference, dataloaders=loader, verbose=False)
+        finally:
+            writer.close()
+    trainer.strategy.barrier()
+    if not trainer.is_global_zero:
+        return {}
+    with timed(timings, "eval_s"):
+        evaluation = evaluate_store(store, data)
+    timings["total_s"] = round(time.perf_counter() - start, 2)
+    timings["images_per_s"] = round(len(writer.written) / max(timings["label_s"], 1e-9), 2)
+    counts = {"images": len(data), "labelled_now": len(writer.written), "skipped": writer.skipped,
+              "in_store": len(data) - len(store.missing(data.names))}  # fmt: skip
+    store.close(counts)
+    summary = {
+        "stage": "labels",
+        "name": cfg.name,
+        "store": str(store.root),
+        "checkpoint": str(checkpoint),
+        "threshold": settings.threshold,
+        "settings": dataclasses.asdict(settings),
+        **counts,
+        "labels": evaluation,
+        "cam_best_miou": _cam_stage_miou(cfg),
+        "crf_workers": workers,
+        "torch_threads": torch.get_num_threads(),
+        "timings": timings,
+        "config": OmegaConf.to_container(cfg, resolve=True),
+    }
+    if evaluation:
+        log.info("label mIoU %.4f (CAM stage best %s), %.1f%% of pixels ignored", evaluation["miou"],
+                 summary["cam_best_miou"], 100 * evaluation["ignored_fraction"])  # fmt: skip
+        _log(trainer, evaluation, inference, store, data, output_dir)
+    return finish(trainer, output_dir, summary)
+
+
+def classifier_checkpoint(cfg: DictConfig) -> Path:
+    """The top-level ``ckpt_path`` when it names a file, else the CAM stage's last checkpoint."""
+    given = cfg.ckpt_path not in (None, "none", "null", "last")
+    path = Path(cfg.ckpt_path) if given else Path(cfg.labels.cam_dir) / "checkpoints" / "last.ckpt"
+    if not path.is_file():
+        hint = (
+            "give an existing classifier .ckpt" if given else f"run `python train.py stage=cam name={cfg.name}` first"
+        )
+        raise IsimError(f"classifier checkpoint {path} not found; {hint} (or pass ckpt_path=<classifier .ckpt>)")
+    return path
+
+
+def background_threshold(cfg: DictConfig) -> float:
+    if cfg.labels.threshold != "cam":
+        threshold = float(cfg.labels.threshold)
+        if not 0 < threshold < 1:
+            raise IsimError(f"labels.threshold={threshold} must be in (0, 1), or `cam` for the CAM stage's best")
+        return threshold
+    summary = Path(cfg.labels.cam_dir) / "summary.json"
+    if not summary.is_file():
+        raise IsimError(f"labels.threshold=cam needs the CAM stage's {summary}; run stage=cam or give a number")
+    return float(json.loads(summary.read_text())["cam"]["best_threshold"])
+
+
+def load_classifier(path: Path) -> Classifier:
+    """The classifier network of a CAM-stage checkpoint (never re-downloads pretrained weights)."""
+    try:
+        module = ClassifierModule.load_from_checkpoint(path, map_location="cpu", pretrained=False)
+    except (KeyError, TypeError, RuntimeError) as error:
+        raise IsimError(f"{path} is not a classifier checkpoint of the CAM stage ({str(error)[:200]})") from None
+    if module.net.head.out_channels != len(VOC_CLASSES) - 1:
+        raise IsimError(
+            f"{path} classifies {module.net.head.out_channels} classes, the data has {len(VOC_CLASSES) - 1}"
+        )
+    return module.net.eval()
+
+
+def evaluate_store(store: LabelStore, data: VOCDataset) -> dict[str, Any]:
+    """Label mIoU, per-class IoU / precision / recall against GT, over pixels the labels do not ignore."""
+    confusion = torch.zeros(len(VOC_CLASSES), len(VOC_CLASSES), dtype=torch.long)
+    ignored = valid = 0
+    for name in tqdm(data.names, desc="evaluating labels", unit="img", leave=False):
+        gt = data.read_mask(name)
+        if gt is None or not store.path(name).is_file():
+            continue
+        label = store.read(name)
+        counted = gt != 255
+        valid += int(counted.sum())
+        ignored += int((counted & (label == 255)).sum())
+        target = np.where(label == 255, 255, gt)
+        confusion += confusion_matrix(torch.from_numpy(label), torch.from_numpy(target), len(VOC_CLASSES))
+    if valid == 0:
+        return {}
+    return {**segmentation_report(confusion, VOC_CLASSES), "ignored_fraction": ignored / valid}
+
+
+def _producer(cfg: DictConfig, checkpoint: Path, settings: LabelSettings, datamodule: WSSSDataModule) -> dict:
+    """What a store's labels depend on; a store is only ever continued by the same producer."""
+    return {
+        "checkpoint_sha256": hashlib.sha256(checkpoint.read_bytes()).hexdigest(),
+        "data_root": str(datamodule.root),
+        "split": cfg.labels.split,
+        "cam": {"scales": list(cfg.cam.scales), "flip": cfg.cam.flip},
+        "settings": dataclasses.asdict(settings),
+    }
+
+
+def _cam_stage_miou(cfg: DictConfig) -> float | None:
+    summary = Path(cfg.labels.cam_dir) / "summary.json"
+    return json.loads(summary.read_text())["cam"]["best_miou"] if summary.is_file() else None
+
+
+def _log(trainer: pl.Trainer, evaluation: dict, inference: CAMInference, store: LabelStore, data: VOCDataset,
+         output_dir: Path) -> None:  # fmt: skip
+    metrics = {"labels/miou": evaluation["miou"], "labels/ignored_fraction": evaluation["ignored_fraction"]}
+    rows = [[name, *values.values()] for name, values in evaluation["per_class"].items()]
+    images = {name: overlay_strip(data.read_image(name), cams.max(0), store.read(name), mask.astype(np.uint8))
+              for name, cams, mask in inference.kept if store.path(name).is_file()}  # fmt: skip
+    log_results(trainer, metrics, {"labels/per_class": (["class", "iou", "precision", "recall"], rows)}, images,
+                output_dir / "overlays")  # fmt: skip

@@ -1,0 +1,77 @@
+"""Seeds + CRF into label maps, the two-threshold mode, and the pooled writer."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from isim.errors import IsimError
+from isim.pseudo_labels import LabelSettings, LabelStore, LabelWriter, pseudo_label
+from tests.test_crf import IRN, two_region_image
+
+
+def settings(**changes: object) -> LabelSettings:
+    base = {"threshold": 0.3, "confident": None, "unary": "label", "gt_prob": IRN.gt_prob,
+            "gaussian": dict(IRN.gaussian), "bilateral": dict(IRN.bilateral), "iterations": IRN.iterations}  # fmt: skip
+    return LabelSettings(**{**base, **changes})
+
+
+def disc_cam() -> np.ndarray:
+    """A smooth CAM peaking on the disc of ``two_region_image`` but spilling past its edge."""
+    yy, xx = np.mgrid[:64, :64]
+    return np.exp(-((yy - 34) ** 2 + (xx - 33) ** 2) / (2 * 11**2))[None].astype(np.float32)
+
+
+@pytest.mark.parametrize("unary", ["label", "softmax"])
+def test_labels_take_the_class_index_and_follow_the_edge(unary: str) -> None:
+    image, truth = two_region_image()
+    label = pseudo_label(image, disc_cam(), np.array([8]), settings(unary=unary))
+    assert set(np.unique(label)) == {0, 8}
+    seed = np.where(disc_cam()[0] > 0.3, 8, 0)
+    overlap = lambda a: ((a == 8) & (truth == 1)).sum() / ((a == 8) | (truth == 1)).sum()  # noqa: E731
+    assert overlap(label) > overlap(seed) + 0.05
+
+
+def test_two_threshold_mode_ignores_the_uncertain_band() -> None:
+    image, _ = two_region_image()
+    label = pseudo_label(image, disc_cam() * 0.5, np.array([3]), settings(confident=(0.45, 0.05)))
+    assert set(np.unique(label)) <= {0, 3, 255} and (label == 255).any() and (label == 0).any()
+
+
+def test_pooled_writer_matches_inline_and_skips_bad_images(tiny_voc_copy: Path, tmp_path: Path) -> None:
+    names = [f"synthetic_{i:05d}" for i in range(6)]
+    (tiny_voc_copy / "JPEGImages/synthetic_00002.jpg").write_bytes(b"broken")
+    cams = {n: np.random.default_rng(i).random((1, 64, 64)).astype(np.float32) for i, n in enumerate(names)}
+    stores = {}
+    for workers in (0, 2):
+        store = LabelStore(tmp_path / f"store{workers}")
+        writer = LabelWriter(store, tiny_voc_copy / "JPEGImages", settings(), workers, "skip", progress=False)
+        for name in names:
+            writer.submit(name, cams[name], np.array([5]))
+        writer.close()
+        assert sorted(writer.written) == [n for n in names if n != "synthetic_00002"]
+        assert list(writer.skipped) == ["synthetic_00002"] and "corrupt" in writer.skipped["synthetic_00002"]
+        stores[workers] = store
+    for name in stores[0].missing(names) + stores[2].missing(names):
+        assert name == "synthetic_00002"
+    for name in names[:2]:
+        assert np.array_equal(stores[0].read(name), stores[2].read(name))
+        assert Image.open(stores[0].path(name)).mode == "P"
+    assert not list(tmp_path.rglob("*.tmp"))
+
+
+def test_writer_raises_with_the_file_name_by_default(tiny_voc_copy: Path, tmp_path: Path) -> None:
+    (tiny_voc_copy / "JPEGImages/synthetic_00001.jpg").unlink()
+    writer = LabelWriter(LabelStore(tmp_path), tiny_voc_copy / "JPEGImages", settings(), 1, progress=False)
+    writer.submit("synthetic_00001", np.ones((1, 64, 64), np.float32), np.array([1]))
+    with pytest.raises(IsimError, match=r"synthetic_00001\.jpg is missing"):
+        writer.close()
+
+
+def test_cam_size_mismatch_names_the_image(tiny_voc: Path, tmp_path: Path) -> None:
+    writer = LabelWriter(LabelStore(tmp_path), tiny_voc / "JPEGImages", settings(), 0, progress=False)
+    with pytest.raises(IsimError, match=r"CAMs of .*synthetic_00000\.jpg are 32x32 but the image is 64x64"):
+        writer.submit("synthetic_00000", np.ones((1, 32, 32), np.float32), np.array([1]))

@@ -1,0 +1,126 @@
+"""``python train.py stage=labels`` for real: a complete store, resume after a kill, refusals, DDP."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from isim.pseudo_labels import LabelStore
+from tests.conftest import ROOT, TINY, read_summary, run_train
+
+LABELS = [*TINY, "name=tiny", "stage=labels", "crf.workers=1", "labels.overlays=2"]
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A directory with a trained tiny classifier (runs/tiny/cam) and a labelled store (runs/tiny/labels)."""
+    root = tmp_path_factory.mktemp("labels")
+    run_train(root, *TINY, "name=tiny")
+    run_train(root, *LABELS)
+    return root
+
+
+def store_arrays(store_dir: Path) -> dict[str, np.ndarray]:
+    store = LabelStore(store_dir)
+    return {p.stem: store.read(p.stem) for p in sorted(store_dir.glob("*.png"))}
+
+
+def test_labels_stage_writes_a_complete_evaluated_store(project: Path) -> None:
+    run_dir = project / "runs/tiny/labels"
+    summary = read_summary(run_dir)
+    manifest = LabelStore(run_dir / "store").manifest()
+    assert manifest["complete"] and manifest["counts"]["in_store"] == 24 == summary["in_store"]
+    assert len(list((run_dir / "store").glob("*.png"))) == 24 and summary["skipped"] == {}
+    cam = read_summary(project / "runs/tiny/cam")["cam"]
+    assert summary["threshold"] == cam["best_threshold"] and summary["cam_best_miou"] == cam["best_miou"]
+    labels = summary["labels"]
+    assert 0 < labels["miou"] <= 1 and set(labels["per_class"]["background"]) == {"iou", "precision", "recall"}
+    assert labels["ignored_fraction"] == 0  # single-threshold mode ignores nothing
+    assert len(list((run_dir / "overlays").glob("*.png"))) == 2
+
+
+def test_rerun_labels_only_what_is_missing(project: Path) -> None:
+    store_dir = project / "runs/tiny/labels/store"
+    before = store_arrays(store_dir)
+    for name in list(before)[:5]:
+        (store_dir / f"{name}.png").unlink()
+    run_train(project, *LABELS)
+    summary = read_summary(project / "runs/tiny/labels")
+    assert summary["labelled_now"] == 5 and summary["in_store"] == 24
+    after = store_arrays(store_dir)
+    assert after.keys() == before.keys() and all(np.array_equal(after[k], before[k]) for k in before)
+
+
+def test_store_of_other_settings_is_refused_unless_overwritten(project: Path) -> None:
+    result = run_train(project, *LABELS, "crf.gt_prob=0.9", check=False)
+    assert result.returncode == 2 and "made with other settings (differs in settings)" in result.stderr
+    assert "labels.overwrite=true" in result.stderr
+    assert LabelStore(project / "runs/tiny/labels/store").manifest()["producer"]["settings"]["gt_prob"] == 0.7
+
+
+def test_killed_run_resumes_to_the_same_complete_store(project: Path, tmp_path: Path) -> None:
+    shutil.copytree(project / "runs/tiny/cam", tmp_path / "runs/tiny/cam")
+    shutil.copytree(project / "data", tmp_path / "data")
+    store_dir = tmp_path / "runs/tiny/labels/store"
+    # Slow the CRF down (many iterations) so the kill lands mid-run.
+    args = [*LABELS, "crf.iterations=400"]
+    command = [sys.executable, str(ROOT / "train.py"), *args]
+    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+    process = subprocess.Popen(command, cwd=tmp_path, start_new_session=True, **quiet)
+    deadline = time.time() + 120
+    while len(list(store_dir.glob("*.png"))) < 3 and time.time() < deadline and process.poll() is None:
+        time.sleep(0.05)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    partial = len(list(store_dir.glob("*.png")))
+    assert 3 <= partial < 24, partial
+    assert not LabelStore(store_dir).manifest()["complete"]
+    run_train(tmp_path, *args)
+    summary = read_summary(tmp_path / "runs/tiny/labels")
+    assert summary["in_store"] == 24 and summary["labelled_now"] == 24 - partial
+    assert not list(store_dir.glob(".*.tmp"))
+    reference = tmp_path / "reference"
+    shutil.copytree(tmp_path / "runs/tiny/cam", reference / "runs/tiny/cam")
+    shutil.copytree(tmp_path / "data", reference / "data")
+    run_train(reference, *args)
+    clean = store_arrays(reference / "runs/tiny/labels/store")
+    resumed = store_arrays(store_dir)
+    assert clean.keys() == resumed.keys() and all(np.array_equal(clean[k], resumed[k]) for k in clean)
+
+
+def test_unreadable_image_is_skipped_or_stops_the_run(project: Path, tmp_path: Path) -> None:
+    shutil.copytree(project / "runs/tiny/cam", tmp_path / "runs/tiny/cam")
+    shutil.copytree(project / "data", tmp_path / "data")
+    (tmp_path / "data/synthetic/JPEGImages/synthetic_00004.jpg").write_bytes(b"broken")
+    result = run_train(tmp_path, *LABELS, check=False)
+    assert result.returncode == 2 and "synthetic_00004.jpg is corrupt" in result.stderr
+    run_train(tmp_path, *LABELS, "labels.on_error=skip")
+    summary = read_summary(tmp_path / "runs/tiny/labels")
+    assert list(summary["skipped"]) == ["synthetic_00004"] and summary["in_store"] == 23
+
+
+def test_wrong_checkpoint_is_refused(project: Path, tmp_path: Path) -> None:
+    bogus = tmp_path / "bogus.ckpt"
+    bogus.write_bytes(b"\x80\x04}q\x00.")  # a pickled empty dict: a file, but no classifier
+    shutil.copytree(project / "data", tmp_path / "data")
+    result = run_train(tmp_path, *LABELS, f"ckpt_path={bogus}", "labels.threshold=0.2", check=False)
+    assert result.returncode == 2 and "is not a classifier checkpoint" in result.stderr
+    result = run_train(tmp_path, *LABELS, "name=nothing", check=False)
+    assert result.returncode == 2 and "run `python train.py stage=cam name=nothing` first" in result.stderr
+
+
+def test_ddp_two_processes_give_the_same_store(project: Path) -> None:
+    run_train(project, *LABELS, "trainer=ddp_cpu", "labels.store_dir=${paths.output_dir}/store_ddp")
+    run_dir = project / "runs/tiny/labels"
+    single, ddp = store_arrays(run_dir / "store"), store_arrays(run_dir / "store_ddp")
+    assert single.keys() == ddp.keys() and all(np.array_equal(single[k], ddp[k]) for k in single)
+    assert any((labels > 0).any() for labels in single.values())  # not a trivial all-background store
+    assert read_summary(run_dir)["labels"]["miou"] > 0
