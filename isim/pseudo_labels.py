@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import os
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -142,11 +142,8 @@ class LabelWriter:
         self.pending.append((name, self.pool.submit(label_image, *args)))
 
     def skip(self, name: str, message: str) -> None:
-        """An image that never reached the CRF (unreadable in the data loader): raise or record it."""
-        if self.on_error == "raise":
-            raise IsimError(message)
-        self.skipped[name] = message
-        self.bar.update()
+        """An image that never reached the CRF (unreadable in the data loader)."""
+        self._fail(name, IsimError(message))
 
     def close(self) -> None:
         try:
@@ -161,14 +158,20 @@ class LabelWriter:
         name, future = self.pending.popleft()
         self._finish(name, future.result)
 
-    def _finish(self, name: str, job: Any) -> None:
+    def _finish(self, name: str, job: Callable[[], Any]) -> None:
         try:
             job()
-            self.written.append(name)
         except IsimError as error:
-            if self.on_error == "raise":
-                raise
-            self.skipped[name] = str(error)
+            self._fail(name, error)
+            return
+        self.written.append(name)
+        self.bar.update()
+
+    def _fail(self, name: str, error: IsimError) -> None:
+        """Stop the run (``on_error=raise``) or record the image as skipped."""
+        if self.on_error == "raise":
+            raise error
+        self.skipped[name] = str(error)
         self.bar.update()
 
 
