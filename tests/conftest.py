@@ -42,6 +42,7 @@ TINY = [
     "data.eval_batch_size=8",
     *TINY_RUN,
 ]
+LABELS = [*TINY, "name=tiny", "stage=labels", "crf.workers=1", "labels.overlays=2"]
 
 
 @pytest.fixture(scope="session")
@@ -86,3 +87,12 @@ def run_train(root: Path, *overrides: str, check: bool = True, timeout: int = 60
 
 def read_summary(run_dir: Path) -> dict:
     return json.loads((run_dir / "summary.json").read_text())
+
+
+@pytest.fixture(scope="session")
+def labelled_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A directory with a trained tiny classifier (runs/tiny/cam) and its label store (runs/tiny/labels/store)."""
+    root = tmp_path_factory.mktemp("project")
+    run_train(root, *TINY, "name=tiny")
+    run_train(root, *LABELS)
+    return root

@@ -14,18 +14,12 @@ import numpy as np
 import pytest
 
 from isim.pseudo_labels import LabelStore
-from tests.conftest import ROOT, TINY, read_summary, run_train
-
-LABELS = [*TINY, "name=tiny", "stage=labels", "crf.workers=1", "labels.overlays=2"]
+from tests.conftest import LABELS, ROOT, read_summary, run_train
 
 
-@pytest.fixture(scope="module")
-def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A directory with a trained tiny classifier (runs/tiny/cam) and a labelled store (runs/tiny/labels)."""
-    root = tmp_path_factory.mktemp("labels")
-    run_train(root, *TINY, "name=tiny")
-    run_train(root, *LABELS)
-    return root
+@pytest.fixture
+def project(labelled_project: Path) -> Path:
+    return labelled_project
 
 
 def store_arrays(store_dir: Path) -> dict[str, np.ndarray]:

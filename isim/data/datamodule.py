@@ -84,6 +84,7 @@ class WSSSDataModule(pl.LightningDataModule):
         mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,
         synthetic: dict[str, int] | None = None,
+        labels: str = "gt",
     ) -> None:
         super().__init__()
         self.root = Path(root)
@@ -92,6 +93,7 @@ class WSSSDataModule(pl.LightningDataModule):
         self.train_tf = train_transform(crop_size, resize_long, color_jitter, mean, std)
         self.eval_tf = eval_transform(mean, std)
         self.synthetic = SyntheticSpec(**synthetic) if synthetic is not None else None
+        self.labels = labels  # training masks: "gt" (mask_dir) or a label-store directory
         if self.synthetic is None and not self.root.is_dir():
             raise IsimError(
                 f"data.root={self.root} does not exist; set it to your VOCdevkit/VOC2012 directory, "
@@ -106,7 +108,8 @@ class WSSSDataModule(pl.LightningDataModule):
         return VOCDataset(self.root, split, self.mask_dir, check_images=check_images)
 
     def train_dataloader(self) -> DataLoader:
-        data = TransformedDataset(self.split(self.train_split), self.train_tf)
+        masks = self.mask_dir if self.labels == "gt" else self.labels
+        data = TransformedDataset(VOCDataset(self.root, self.train_split, masks), self.train_tf)
         return self._loader(data, self.batch_size, shuffle=True, drop_last=len(data) >= self.batch_size)
 
     def val_dataloader(self) -> DataLoader:

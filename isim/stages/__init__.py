@@ -10,9 +10,9 @@ from omegaconf import DictConfig
 
 from isim.errors import IsimError
 from isim.models import check_backbone
-from isim.stages import cam, labels
+from isim.stages import cam, labels, seg
 
-STAGES: dict[str, Callable[[DictConfig], dict[str, Any]]] = {"cam": cam.run, "labels": labels.run}
+STAGES: dict[str, Callable[[DictConfig], dict[str, Any]]] = {"cam": cam.run, "labels": labels.run, "seg": seg.run}
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:

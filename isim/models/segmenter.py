@@ -1,0 +1,54 @@
+"""ISIM's segmenter: an SMP encoder-decoder over a timm encoder, plus a bias-free classification head.
+
+The head sits on the encoder's deepest features (global average pooling + 1x1 conv, no bias),
+so the segmenter also classifies and its CAMs are that conv applied to the feature map, exactly
+as for the classifier.
+"""
+
+from __future__ import annotations
+
+import segmentation_models_pytorch as smp
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from isim.errors import IsimError
+from isim.models.backbone import check_backbone
+
+DILATED_DECODERS = {"deeplabv3", "deeplabv3plus"}  # the SMP decoders that take an encoder output stride
+
+
+class Segmenter(nn.Module):
+    def __init__(self, backbone: str, num_classes: int, decoder: str = "deeplabv3plus", pretrained: bool = True,
+                 output_stride: int = 16) -> None:  # fmt: skip
+        super().__init__()
+        check_backbone(backbone)
+        extra = {"encoder_output_stride": output_stride} if decoder.lower() in DILATED_DECODERS else {}
+        weights = "imagenet" if pretrained else None
+        try:
+            self.model = smp.create_model(decoder, encoder_name=f"tu-{backbone}", encoder_weights=weights,
+                                          classes=num_classes, **extra)  # fmt: skip
+        except KeyError as error:
+            raise IsimError(f"model.decoder={decoder!r} is not an SMP architecture ({error})") from None
+        self.head = nn.Conv2d(self.model.encoder.out_channels[-1], num_classes - 1, 1, bias=False)
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Segmentation logits (B, num_classes, H, W) and multi-label logits (B, num_classes - 1).
+
+        Any image size works: SMP needs multiples of the encoder stride, so the input is padded
+        (with 0, the normalised mean colour) and the logits are cropped back.
+        """
+        height, width = images.shape[-2:]
+        stride = self.model.encoder.output_stride
+        padded = F.pad(images, (0, -width % stride, 0, -height % stride))
+        features = self.model.encoder(padded)
+        masks = self.model.segmentation_head(self.model.decoder(features))[..., :height, :width]
+        return masks, self.head(features[-1].mean((2, 3), keepdim=True)).flatten(1)
+
+    def cam(self, images: torch.Tensor) -> torch.Tensor:
+        """Raw CAMs (B, num_classes - 1, h, w) of the classification head on the encoder's features."""
+        return self.head(self.model.encoder(images)[-1])
+
+    def heads(self) -> list[nn.Parameter]:
+        """Decoder and head parameters (trained at the higher learning rate)."""
+        return [p for name, p in self.named_parameters() if not name.startswith("model.encoder.")]
