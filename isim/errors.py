@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Callable
+from typing import Any
+
 
 class IsimError(Exception):
     """A problem with the user's input (config key, file, dataset) that they can fix.
@@ -23,3 +27,21 @@ def user_message(error: BaseException) -> str | None:
         return None
     text = str(error).strip()
     return text.splitlines()[-1].split("IsimError: ", 1)[-1] if text else repr(error)
+
+
+def exit_on_user_error(job: Callable[[], Any]) -> Any:
+    """Run ``job``; an IsimError behind any failure ends the program with its one line and exit code 2."""
+    try:
+        return job()
+    except Exception as error:
+        message = user_message(error)
+        if message is None:
+            raise
+        print(f"isim: error: {message}", file=sys.stderr)
+        sys.exit(2)
+
+
+def brief(error: BaseException, limit: int = 160) -> str:
+    """A library error's text as one short line, to quote inside an IsimError."""
+    text = " ".join(str(error).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -101,7 +101,7 @@ class LabelStore:
     def manifest(self) -> dict[str, Any] | None:
         return json.loads(self.manifest_path.read_text()) if self.manifest_path.is_file() else None
 
-    def open(self, producer: dict[str, Any], overwrite: bool) -> None:
+    def open(self, producer: dict[str, Any], overwrite: bool, checkpoint: Path | None = None) -> None:
         """Start or continue the store for ``producer``; a store made by anything else is refused."""
         found = self.manifest()
         if found is not None and found["producer"] != producer and not overwrite:
@@ -111,7 +111,7 @@ class LabelStore:
         if overwrite:
             for png in self.root.glob("*.png"):
                 png.unlink()
-        write_json(self.manifest_path, {"producer": producer, "complete": False})
+        write_json(self.manifest_path, {"producer": producer, "checkpoint": str(checkpoint), "complete": False})
 
     def close(self, counts: dict[str, Any]) -> None:
         write_json(self.manifest_path, {**self.manifest(), "complete": True, "counts": counts})

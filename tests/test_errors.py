@@ -19,6 +19,10 @@ def corrupt_image(root: Path) -> None:
     (root / f"JPEGImages/{NAME}.jpg").write_bytes(b"not a jpeg")
 
 
+def corrupt_mask(root: Path) -> None:
+    (root / f"SegmentationClass/{NAME}.png").write_bytes(b"\x89PNG broken")
+
+
 def missing_image(root: Path) -> None:
     (root / f"JPEGImages/{NAME}.jpg").unlink()
 
@@ -43,7 +47,8 @@ def size_mismatch(root: Path) -> None:
 
 
 DAMAGE: dict[str, tuple[Callable[[Path], None], str]] = {
-    "corrupt image": (corrupt_image, f"image .*{NAME}.jpg is corrupt"),
+    "corrupt image": (corrupt_image, f"JPEGImages/{NAME}.jpg is corrupt"),
+    "corrupt mask": (corrupt_mask, f"SegmentationClass/{NAME}.png is corrupt"),
     "missing image": (missing_image, f"image .*{NAME}.jpg is missing"),
     "missing xml": (missing_xml, f"annotation .*{NAME}.xml cannot be read"),
     "unknown class": (unknown_class, f"annotation .*{NAME}.xml names unknown class.*unicorn"),

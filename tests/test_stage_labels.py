@@ -32,6 +32,7 @@ def test_labels_stage_writes_a_complete_evaluated_store(project: Path) -> None:
     summary = read_summary(run_dir)
     manifest = LabelStore(run_dir / "store").manifest()
     assert manifest["complete"] and manifest["counts"]["in_store"] == 24 == summary["in_store"]
+    assert manifest["checkpoint"].endswith("runs/tiny/cam/checkpoints/last.ckpt")
     assert len(list((run_dir / "store").glob("*.png"))) == 24 and summary["skipped"] == {}
     cam = read_summary(project / "runs/tiny/cam")["cam"]
     assert summary["threshold"] == cam["best_threshold"] and summary["cam_best_miou"] == cam["best_miou"]

@@ -94,13 +94,13 @@ class VOCDataset:
         return Sample(name, image, self.labels[index], mask)
 
     def read_image(self, name: str) -> np.ndarray:
-        return np.array(_open_image(self.root / "JPEGImages" / f"{name}.jpg").convert("RGB"))
+        return np.array(open_image(self.root / "JPEGImages" / f"{name}.jpg").convert("RGB"))
 
     def read_mask(self, name: str) -> np.ndarray | None:
         if self.mask_dir is None:
             return None
         path = self.mask_dir / f"{name}.png"
-        return np.array(_open_image(path)) if path.exists() else None
+        return np.array(open_image(path)) if path.exists() else None
 
     def read_labels(self, name: str) -> np.ndarray:
         path = self.root / "Annotations" / f"{name}.xml"
@@ -118,12 +118,12 @@ class VOCDataset:
         return labels
 
 
-def _open_image(path: Path) -> Image.Image:
+def open_image(path: Path) -> Image.Image:
     try:
         image = Image.open(path)
         image.load()
     except FileNotFoundError:
-        raise IsimError(f"image {path} is missing; the split list names it") from None
+        raise IsimError(f"{path} is missing; the split list names it") from None
     except (UnidentifiedImageError, OSError) as error:
-        raise IsimError(f"image {path} is corrupt or unreadable ({error})") from None
+        raise IsimError(f"{path} is corrupt or unreadable ({error})") from None
     return image

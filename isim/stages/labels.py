@@ -19,7 +19,7 @@ from pytorch_lightning.accelerators import CPUAccelerator
 from tqdm import tqdm
 
 from isim.data import VOC_CLASSES, VOCDataset, WSSSDataModule
-from isim.errors import IsimError
+from isim.errors import IsimError, brief
 from isim.metrics import confusion_matrix, segmentation_report
 from isim.models import Classifier
 from isim.modules import CAMInference, ClassifierModule
@@ -41,7 +41,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     trainer = build_trainer(cfg, max_epochs=1)
     store = LabelStore(cfg.labels.store_dir)
     if trainer.is_global_zero:
-        store.open(_producer(cfg, checkpoint, settings, datamodule), cfg.labels.overwrite)
+        store.open(_producer(cfg, checkpoint, settings, datamodule), cfg.labels.overwrite, checkpoint)
     trainer.strategy.barrier()
     todo = data.names if cfg.labels.overwrite else store.missing(data.names)
     workers = default_workers() if cfg.crf.workers is None else int(cfg.crf.workers)
@@ -121,7 +121,7 @@ def load_classifier(path: Path) -> Classifier:
     try:
         module = ClassifierModule.load_from_checkpoint(path, map_location="cpu", pretrained=False)
     except (KeyError, TypeError, RuntimeError) as error:
-        raise IsimError(f"{path} is not a classifier checkpoint of the CAM stage ({str(error)[:200]})") from None
+        raise IsimError(f"{path} is not a classifier checkpoint of the CAM stage ({brief(error)})") from None
     if module.net.head.out_channels != len(VOC_CLASSES) - 1:
         raise IsimError(
             f"{path} classifies {module.net.head.out_channels} classes, the data has {len(VOC_CLASSES) - 1}"

@@ -1,0 +1,70 @@
+"""``python infer.py``: a folder or a VOC split in, VOC-palette masks out, mIoU when GT exists."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.conftest import ROOT, TINY, run_train
+
+DATA = [o for o in TINY if o.startswith("data.synthetic.")]
+
+
+def run_infer(root: Path, *overrides: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    return subprocess.run([sys.executable, str(ROOT / "infer.py"), "name=tiny", *DATA, "data.num_workers=0",
+                           *overrides], cwd=root, env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def segmenter(labelled_project: Path) -> Path:
+    run_train(labelled_project, *TINY, "name=tiny", "stage=seg", "seg.max_epochs=1", "data.labels=gt",
+              "hydra.run.dir=runs/tiny/seg_for_infer")  # fmt: skip
+    return labelled_project / "runs/tiny/seg_for_infer/checkpoints/last.ckpt"
+
+
+def test_infer_on_a_folder_writes_a_palette_mask_per_image(segmenter: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for i, size in enumerate([(64, 64), (75, 50)]):  # mixed sizes, not multiples of the stride
+        Image.fromarray(np.random.default_rng(i).integers(0, 255, (*size, 3), np.uint8)).save(folder / f"p{i}.jpg")
+    (folder / "notes.txt").write_text("not an image")
+    result = run_infer(tmp_path, f"ckpt_path={segmenter}", f"input={folder}", "overlays=true", "postprocess_crf=true")
+    assert result.returncode == 0, result.stderr[-2000:]
+    masks = sorted((tmp_path / "runs/tiny/infer/masks").glob("*.png"))
+    assert [m.stem for m in masks] == ["p0", "p1"]
+    mask = Image.open(masks[1])
+    assert mask.mode == "P" and mask.size == (50, 75) and np.array(mask).max() < 21
+    summary = json.loads((tmp_path / "runs/tiny/infer/summary.json").read_text())
+    assert summary["images"] == 2 and "eval" not in summary and summary["crf"] is True
+    assert len(list((tmp_path / "runs/tiny/infer/overlays").glob("*.png"))) == 2
+
+
+def test_infer_on_a_voc_split_reports_miou(segmenter: Path, labelled_project: Path, tmp_path: Path) -> None:
+    shutil.copytree(labelled_project / "data", tmp_path / "data")
+    result = run_infer(tmp_path, f"ckpt_path={segmenter}", "split=val", "batch_size=4", "scales=[1.0]")
+    assert result.returncode == 0, result.stderr[-2000:]
+    summary = json.loads((tmp_path / "runs/tiny/infer/summary.json").read_text())
+    assert summary["images"] == 8 and 0 <= summary["eval"]["miou"] <= 1
+    assert len(list((tmp_path / "runs/tiny/infer/masks").glob("*.png"))) == 8
+
+
+def test_infer_bad_inputs_are_one_line_errors(labelled_project: Path, tmp_path: Path) -> None:
+    classifier = labelled_project / "runs/tiny/cam/checkpoints/last.ckpt"
+    (tmp_path / "photos").mkdir()
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(tmp_path / "photos/a.jpg")
+    result = run_infer(tmp_path, f"ckpt_path={classifier}", f"input={tmp_path}/photos")
+    assert result.returncode == 2 and "is not a segmenter checkpoint" in result.stderr
+    result = run_infer(tmp_path, f"ckpt_path={tmp_path}/none.ckpt", f"input={tmp_path}/photos")
+    assert result.returncode == 2 and "none.ckpt not found" in result.stderr
+    (tmp_path / "empty").mkdir()
+    result = run_infer(tmp_path, f"ckpt_path={classifier}", f"input={tmp_path}/empty")
+    assert result.returncode == 2 and "holds no images" in result.stderr
