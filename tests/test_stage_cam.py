@@ -71,3 +71,13 @@ def test_another_backbone_on_a_voc_layout_directory(tiny_voc: Path, tmp_path: Pa
     summary = read_summary(tmp_path / "runs/other/cam")
     assert summary["model"]["backbone"] == "resnet14t" and summary["data"]["name"] == "voc12"
     assert summary["data"]["root"] == str(tiny_voc) and summary["data"]["images"] == 24
+
+
+def test_ddp_keeps_the_global_batch(tmp_path: Path) -> None:
+    """Two gloo processes with data.batch_size=8 load 4 images each: 24 images, 2 epochs = 6 steps, as on one."""
+    run_train(tmp_path, *TINY, "name=ddp", "trainer=ddp_cpu", "data.batch_size=8")
+    checkpoint = torch.load(tmp_path / "runs/ddp/cam/checkpoints/last.ckpt", map_location="cpu", weights_only=False)
+    assert checkpoint["global_step"] == 6 and read_summary(tmp_path / "runs/ddp/cam")["cam"]["best_miou"] > 0
+    result = run_train(tmp_path, *TINY, "name=odd", "trainer=ddp_cpu", "data.batch_size=7", check=False)
+    assert result.returncode == 2 and "data.batch_size=7 is the global batch and must divide by the 2" in result.stderr
+    assert not (tmp_path / "runs/odd/cam/checkpoints").exists()  # refused before training started

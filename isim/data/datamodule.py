@@ -110,7 +110,16 @@ class WSSSDataModule(pl.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         masks = self.mask_dir if self.labels == "gt" else self.labels
         data = TransformedDataset(VOCDataset(self.root, self.train_split, masks), self.train_tf)
-        return self._loader(data, self.batch_size, shuffle=True, drop_last=len(data) >= self.batch_size)
+        batch = self.per_device_batch_size(self.trainer.world_size if self.trainer is not None else 1)
+        return self._loader(data, batch, shuffle=True, drop_last=len(data) >= batch)
+
+    def per_device_batch_size(self, world: int) -> int:
+        """``batch_size`` is global: each of ``world`` processes loads its share, so adding devices keeps the
+        optimisation the same."""
+        if self.batch_size % world:
+            raise IsimError(f"data.batch_size={self.batch_size} is the global batch and must divide by the "
+                            f"{world} training processes; use a multiple of {world}")  # fmt: skip
+        return self.batch_size // world
 
     def val_dataloader(self) -> DataLoader:
         return self.eval_dataloader(self.val_split)

@@ -26,7 +26,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     start = time.perf_counter()
     output_dir = Path(cfg.paths.output_dir)
     datamodule: WSSSDataModule = instantiate(cfg.data)
-    trainer = build_trainer(cfg, max_epochs=cfg.cam.max_epochs)
+    trainer = build_trainer(cfg, max_epochs=cfg.cam.max_epochs, datamodule=datamodule)
     timings: dict[str, float] = {}
     with timed(timings, "train_s"):
         module, classifier_metrics = train_classifier(cfg, datamodule, trainer, output_dir)

@@ -16,16 +16,22 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 from pytorch_lightning.loggers import WandbLogger
 
+from isim.data import WSSSDataModule
 from isim.errors import IsimError
 from isim.io import write_json, write_png
 
 log = logging.getLogger(__name__)
 
 
-def build_trainer(cfg: DictConfig, max_epochs: int) -> pl.Trainer:
+def build_trainer(cfg: DictConfig, max_epochs: int, datamodule: WSSSDataModule | None = None) -> pl.Trainer:
+    """The configured Trainer; with the DataModule it trains on, the global batch is checked before any
+    DDP process starts."""
     callbacks = [instantiate(callback) for callback in (cfg.get("callbacks") or {}).values()]
     logger = instantiate(cfg.logger) if cfg.get("logger") else False
-    return instantiate(cfg.trainer, callbacks=callbacks, logger=logger, max_epochs=max_epochs)
+    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=logger, max_epochs=max_epochs)
+    if datamodule is not None:
+        datamodule.per_device_batch_size(trainer.world_size)
+    return trainer
 
 
 def resume_checkpoint(ckpt_path: str | None, output_dir: Path, hparams: dict[str, Any]) -> str | None:

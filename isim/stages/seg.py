@@ -27,7 +27,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     if datamodule.labels != "gt":
         check_store(LabelStore(datamodule.labels), datamodule.split(datamodule.train_split).names)
     module: SegmenterModule = instantiate(cfg.model.segmenter, num_classes=len(VOC_CLASSES))
-    trainer = build_trainer(cfg, max_epochs=cfg.seg.max_epochs)
+    trainer = build_trainer(cfg, max_epochs=cfg.seg.max_epochs, datamodule=datamodule)
     timings: dict[str, float] = {}
     with timed(timings, "train_s"):
         trainer.fit(module, datamodule=datamodule,
