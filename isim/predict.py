@@ -84,8 +84,7 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
     output_dir = Path(cfg.paths.output_dir)
     paths, masks = inputs(cfg)  # checked before the (slower) model load
     net = load_segmenter(Path(cfg.ckpt_path))
-    device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else
-                          "cpu" if cfg.device == "auto" else cfg.device)  # fmt: skip
+    device = torch.device(cfg.device if cfg.device != "auto" else "cuda" if torch.cuda.is_available() else "cpu")
     net.to(device)
     loader = DataLoader(InferenceImages(paths, masks, cfg.data.mean, cfg.data.std), batch_size=cfg.batch_size,
                         num_workers=cfg.data.num_workers, collate_fn=collate)  # fmt: skip

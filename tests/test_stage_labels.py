@@ -107,7 +107,7 @@ def test_wrong_checkpoint_is_refused(project: Path, tmp_path: Path) -> None:
     bogus.write_bytes(b"\x80\x04}q\x00.")  # a pickled empty dict: a file, but no classifier
     shutil.copytree(project / "data", tmp_path / "data")
     result = run_train(tmp_path, *LABELS, f"ckpt_path={bogus}", "labels.threshold=0.2", check=False)
-    assert result.returncode == 2 and "is not a classifier checkpoint" in result.stderr
+    assert result.returncode == 2 and "is not a classifier or segmenter checkpoint" in result.stderr
     result = run_train(tmp_path, *LABELS, "name=nothing", check=False)
     assert result.returncode == 2 and "run `python train.py stage=cam name=nothing` first" in result.stderr
 

@@ -6,7 +6,7 @@ import math
 import shutil
 from pathlib import Path
 
-from tests.conftest import TINY, read_summary, run_train
+from tests.conftest import LABELS, TINY, read_summary, run_train
 
 SEG = [*TINY, "name=tiny", "stage=seg", "seg.max_epochs=1"]
 
@@ -17,6 +17,13 @@ def test_segmenter_trains_on_the_store_and_on_gt(labelled_project: Path) -> None
     assert summary["labels"].endswith("runs/tiny/labels/store") and summary["epochs"] == 1
     assert 0 <= summary["val"]["miou"] <= 1 and len(summary["val"]["per_class_iou"]) == 21
     assert (labelled_project / "runs/tiny/seg/checkpoints/last.ckpt").is_file()
+    # ISIM's next round: labels from the segmenter's own CAMs, through the same labels stage.
+    checkpoint = labelled_project / "runs/tiny/seg/checkpoints/last.ckpt"
+    run_train(labelled_project, *LABELS, f"ckpt_path={checkpoint}", "labels.threshold=0.2",
+              "hydra.run.dir=runs/tiny/labels_from_seg")  # fmt: skip
+    relabelled = read_summary(labelled_project / "runs/tiny/labels_from_seg")
+    assert relabelled["in_store"] == 24 and relabelled["checkpoint"] == str(checkpoint)
+    assert 0 < relabelled["labels"]["miou"] <= 1
     run_train(labelled_project, *SEG, "data.labels=gt", "hydra.run.dir=runs/tiny/seg_gt")
     reference = read_summary(labelled_project / "runs/tiny/seg_gt")
     assert reference["labels"] == "gt" and not math.isnan(reference["val"]["miou"])

@@ -15,6 +15,7 @@ from isim.errors import IsimError
 from isim.io import atomic_path
 from isim.metrics import ThresholdSweep
 from isim.models import Classifier
+from isim.models.segmenter import Segmenter
 from isim.pseudo_labels import LabelWriter
 
 
@@ -24,7 +25,7 @@ class CAMInference(pl.LightningModule):
 
     def __init__(
         self,
-        net: Classifier,
+        net: Classifier | Segmenter,  # anything with .cam(images)
         scales: Sequence[float],
         flip: bool,
         thresholds: Sequence[float],

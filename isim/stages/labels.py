@@ -6,6 +6,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import pickle
 import time
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,8 @@ from isim.data import VOC_CLASSES, VOCDataset, WSSSDataModule
 from isim.errors import IsimError, brief
 from isim.metrics import confusion_matrix, segmentation_report
 from isim.models import Classifier
-from isim.modules import CAMInference, ClassifierModule
+from isim.models.segmenter import Segmenter
+from isim.modules import CAMInference, ClassifierModule, SegmenterModule
 from isim.pseudo_labels import LabelSettings, LabelStore, LabelWriter, default_workers, settings_from_config
 from isim.stages.common import build_trainer, finish, log_results, timed
 from isim.visualize import overlay_strip
@@ -51,7 +53,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     timings: dict[str, float] = {}
     writer = LabelWriter(store, data.root / "JPEGImages", settings, workers, cfg.labels.on_error, len(todo),
                          progress=trainer.is_global_zero)  # fmt: skip
-    inference = CAMInference(load_classifier(checkpoint), cfg.cam.scales, cfg.cam.flip, [settings.threshold],
+    inference = CAMInference(load_cam_network(checkpoint), cfg.cam.scales, cfg.cam.flip, [settings.threshold],
                              len(VOC_CLASSES), keep=cfg.labels.overlays, writer=writer)  # fmt: skip
     with timed(timings, "label_s"):
         try:
@@ -93,7 +95,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
 
 def classifier_checkpoint(cfg: DictConfig) -> Path:
-    """The top-level ``ckpt_path`` when it names a file, else the CAM stage's last checkpoint."""
+    """The top-level ``ckpt_path`` when it names a file (a classifier or a segmenter), else the CAM stage's last."""
     given = cfg.ckpt_path not in (None, "none", "null", "last")
     path = Path(cfg.ckpt_path) if given else Path(cfg.labels.cam_dir) / "checkpoints" / "last.ckpt"
     if not path.is_file():
@@ -116,12 +118,18 @@ def background_threshold(cfg: DictConfig) -> float:
     return float(json.loads(summary.read_text())["cam"]["best_threshold"])
 
 
-def load_classifier(path: Path) -> Classifier:
-    """The classifier network of a CAM-stage checkpoint (never re-downloads pretrained weights)."""
+def load_cam_network(path: Path) -> Classifier | Segmenter:
+    """The network whose CAMs become labels: the CAM stage's classifier, or a segmenter (ISIM's own CAMs).
+
+    Read once; never re-downloads pretrained weights.
+    """
     try:
-        module = ClassifierModule.load_from_checkpoint(path, map_location="cpu", pretrained=False)
-    except (KeyError, TypeError, RuntimeError) as error:
-        raise IsimError(f"{path} is not a classifier checkpoint of the CAM stage ({brief(error)})") from None
+        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+        hparams = {**checkpoint["hyper_parameters"], "pretrained": False}
+        module = (SegmenterModule if "decoder" in hparams else ClassifierModule)(**hparams)
+        module.load_state_dict(checkpoint["state_dict"])
+    except (KeyError, TypeError, RuntimeError, pickle.UnpicklingError) as error:
+        raise IsimError(f"{path} is not a classifier or segmenter checkpoint ({brief(error)})") from None
     if module.net.head.out_channels != len(VOC_CLASSES) - 1:
         raise IsimError(
             f"{path} classifies {module.net.head.out_channels} classes, the data has {len(VOC_CLASSES) - 1}"
