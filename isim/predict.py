@@ -20,11 +20,11 @@ from isim.data import IGNORE_INDEX, VOC_CLASSES, VOCDataset, voc_palette
 from isim.data.datamodule import collate
 from isim.data.transforms import eval_transform
 from isim.data.voc import open_image
-from isim.errors import IsimError, brief
+from isim.errors import IsimError
 from isim.io import write_json, write_png
 from isim.metrics import confusion_matrix, segmentation_report
 from isim.models.segmenter import Segmenter
-from isim.modules import SegmenterModule
+from isim.modules.checkpoint import load_network
 from isim.visualize import blend, colorize
 
 log = logging.getLogger(__name__)
@@ -71,11 +71,10 @@ def inputs(cfg: DictConfig) -> tuple[list[Path], list[Path | None]]:
 def load_segmenter(path: Path) -> Segmenter:
     if not path.is_file():
         raise IsimError(f"ckpt_path={path} not found; train one with `python train.py stage=seg` or give a path")
-    try:
-        module = SegmenterModule.load_from_checkpoint(path, map_location="cpu", pretrained=False)
-    except (KeyError, TypeError, RuntimeError) as error:
-        raise IsimError(f"{path} is not a segmenter checkpoint ({brief(error)})") from None
-    return module.net.eval()
+    net = load_network(path)
+    if not isinstance(net, Segmenter):
+        raise IsimError(f"{path} is not a segmenter checkpoint (it holds a {type(net).__name__}); use a stage=seg one")
+    return net
 
 
 @torch.no_grad()

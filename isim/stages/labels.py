@@ -6,7 +6,6 @@ import dataclasses
 import hashlib
 import json
 import logging
-import pickle
 import time
 from pathlib import Path
 from typing import Any
@@ -20,11 +19,12 @@ from pytorch_lightning.accelerators import CPUAccelerator
 from tqdm import tqdm
 
 from isim.data import VOC_CLASSES, VOCDataset, WSSSDataModule
-from isim.errors import IsimError, brief
+from isim.errors import IsimError
 from isim.metrics import confusion_matrix, segmentation_report
 from isim.models import Classifier
 from isim.models.segmenter import Segmenter
-from isim.modules import CAMInference, ClassifierModule, SegmenterModule
+from isim.modules import CAMInference
+from isim.modules.checkpoint import load_network
 from isim.pseudo_labels import LabelSettings, LabelStore, LabelWriter, default_workers, settings_from_config
 from isim.stages.common import build_trainer, finish, log_results, timed
 from isim.visualize import overlay_strip
@@ -35,8 +35,9 @@ log = logging.getLogger(__name__)
 def run(cfg: DictConfig) -> dict[str, Any]:
     start = time.perf_counter()
     output_dir = Path(cfg.paths.output_dir)
-    checkpoint = classifier_checkpoint(cfg)
-    settings = settings_from_config(cfg.crf, background_threshold(cfg), cfg.labels.confident)
+    checkpoint = cam_network_checkpoint(cfg)
+    cam_summary = cam_stage_summary(cfg)
+    settings = settings_from_config(cfg.crf, background_threshold(cfg, cam_summary), cfg.labels.confident)
     datamodule: WSSSDataModule = instantiate(cfg.data)
     datamodule.prepare_data()
     data = datamodule.split(cfg.labels.split, check_images=cfg.labels.on_error == "raise")
@@ -81,7 +82,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         "settings": dataclasses.asdict(settings),
         **counts,
         "labels": evaluation,
-        "cam_best_miou": _cam_stage_miou(cfg),
+        "cam_best_miou": cam_summary["cam"]["best_miou"] if cam_summary else None,
         "crf_workers": workers,
         "torch_threads": torch.get_num_threads(),
         "timings": timings,
@@ -94,7 +95,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     return finish(trainer, output_dir, summary)
 
 
-def classifier_checkpoint(cfg: DictConfig) -> Path:
+def cam_network_checkpoint(cfg: DictConfig) -> Path:
     """The top-level ``ckpt_path`` when it names a file (a classifier or a segmenter), else the CAM stage's last."""
     given = cfg.ckpt_path not in (None, "none", "null", "last")
     path = Path(cfg.ckpt_path) if given else Path(cfg.labels.cam_dir) / "checkpoints" / "last.ckpt"
@@ -106,35 +107,30 @@ def classifier_checkpoint(cfg: DictConfig) -> Path:
     return path
 
 
-def background_threshold(cfg: DictConfig) -> float:
+def cam_stage_summary(cfg: DictConfig) -> dict[str, Any] | None:
+    """The CAM stage's summary.json (its best threshold and mIoU), if that stage has run."""
+    path = Path(cfg.labels.cam_dir) / "summary.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def background_threshold(cfg: DictConfig, cam_summary: dict[str, Any] | None) -> float:
     if cfg.labels.threshold != "cam":
         threshold = float(cfg.labels.threshold)
         if not 0 < threshold < 1:
             raise IsimError(f"labels.threshold={threshold} must be in (0, 1), or `cam` for the CAM stage's best")
         return threshold
-    summary = Path(cfg.labels.cam_dir) / "summary.json"
-    if not summary.is_file():
+    if cam_summary is None:
+        summary = Path(cfg.labels.cam_dir) / "summary.json"
         raise IsimError(f"labels.threshold=cam needs the CAM stage's {summary}; run stage=cam or give a number")
-    return float(json.loads(summary.read_text())["cam"]["best_threshold"])
+    return float(cam_summary["cam"]["best_threshold"])
 
 
 def load_cam_network(path: Path) -> Classifier | Segmenter:
-    """The network whose CAMs become labels: the CAM stage's classifier, or a segmenter (ISIM's own CAMs).
-
-    Read once; never re-downloads pretrained weights.
-    """
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
-        hparams = {**checkpoint["hyper_parameters"], "pretrained": False}
-        module = (SegmenterModule if "decoder" in hparams else ClassifierModule)(**hparams)
-        module.load_state_dict(checkpoint["state_dict"])
-    except (KeyError, TypeError, RuntimeError, pickle.UnpicklingError) as error:
-        raise IsimError(f"{path} is not a classifier or segmenter checkpoint ({brief(error)})") from None
-    if module.net.head.out_channels != len(VOC_CLASSES) - 1:
-        raise IsimError(
-            f"{path} classifies {module.net.head.out_channels} classes, the data has {len(VOC_CLASSES) - 1}"
-        )
-    return module.net.eval()
+    """The network whose CAMs become labels: the CAM stage's classifier, or a segmenter (ISIM's own CAMs)."""
+    net = load_network(path)
+    if net.head.out_channels != len(VOC_CLASSES) - 1:
+        raise IsimError(f"{path} classifies {net.head.out_channels} classes, the data has {len(VOC_CLASSES) - 1}")
+    return net
 
 
 def evaluate_store(store: LabelStore, data: VOCDataset) -> dict[str, Any]:
@@ -165,11 +161,6 @@ def _producer(cfg: DictConfig, checkpoint: Path, settings: LabelSettings, datamo
         "cam": {"scales": list(cfg.cam.scales), "flip": cfg.cam.flip},
         "settings": dataclasses.asdict(settings),
     }
-
-
-def _cam_stage_miou(cfg: DictConfig) -> float | None:
-    summary = Path(cfg.labels.cam_dir) / "summary.json"
-    return json.loads(summary.read_text())["cam"]["best_miou"] if summary.is_file() else None
 
 
 def _log(trainer: pl.Trainer, evaluation: dict, inference: CAMInference, store: LabelStore, data: VOCDataset,
