@@ -1,4 +1,9 @@
-"""Multi-scale + flip inference, and class activation maps fused and normalised per image."""
+"""Multi-scale + flip inference, and the per-class score maps that pseudo-labels are made from.
+
+Scores come from a network's CAMs (max-normalised per class) or, for ISIM's segmenter, also from its
+segmentation softmax; either way they are (B, C, H, W) maps in [0, 1], zero for classes the image
+does not have, which a background threshold turns into seed labels.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +12,11 @@ from collections.abc import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
+from isim.errors import IsimError
 from isim.models.classifier import Classifier
+from isim.models.segmenter import Segmenter
+
+SCORE_SOURCES = ("cam", "seg", "cam+seg")
 
 
 @torch.no_grad()
@@ -36,3 +45,30 @@ def normalize_cams(cams: torch.Tensor, labels: torch.Tensor, eps: float = 1e-5) 
     """Keep the image's classes only and scale each class map to a maximum of 1."""
     cams = cams * labels[:, :, None, None]
     return cams / (cams.amax((2, 3), keepdim=True) + eps)
+
+
+def segmenter_probs(model: Segmenter, images: torch.Tensor, labels: torch.Tensor, scales: Sequence[float] = (1.0,),
+                    flip: bool = True) -> torch.Tensor:  # fmt: skip
+    """The segmenter's softmax over background and the image's own classes, foreground part: (B, C, H, W).
+
+    Logits are averaged over scales and flips first; classes the image does not have take no share.
+    """
+    logits = multiscale_flip(lambda batch: model(batch)[0], images, scales, flip) / (len(scales) * (1 + flip))
+    present = torch.cat([torch.ones_like(labels[:, :1]), labels], 1)
+    return logits.masked_fill(present[:, :, None, None] == 0, float("-inf")).softmax(1)[:, 1:]
+
+
+def class_scores(model: Classifier | Segmenter, images: torch.Tensor, labels: torch.Tensor, source: str = "cam",
+                 scales: Sequence[float] = (1.0,), flip: bool = True) -> torch.Tensor:  # fmt: skip
+    """Per-class scores in [0, 1] from ``source``: ``cam`` (normalised CAMs), ``seg`` (the segmenter's
+    softmax) or ``cam+seg`` (their mean)."""
+    if source not in SCORE_SOURCES:
+        raise IsimError(f"label source {source!r} is unknown; use one of {', '.join(SCORE_SOURCES)}")
+    if source != "cam" and not isinstance(model, Segmenter):
+        raise IsimError(f"label source {source!r} needs a segmenter checkpoint; a classifier only has CAMs")
+    parts = []
+    if "cam" in source:
+        parts.append(normalize_cams(multiscale_cams(model, images, scales, flip), labels))
+    if "seg" in source:
+        parts.append(segmenter_probs(model, images, labels, scales, flip))
+    return sum(parts) / len(parts)

@@ -22,6 +22,7 @@ TINY_SPEC = SyntheticSpec(num_train=24, num_val=8, image_size=64, max_objects=2,
 # lr 0.01 without a head multiplier gives CAMs that fire after two epochs on 24 images; the CRF's
 # kernels shrink with the 64 px images (IRN's sxy 50 spans a whole tiny image and erases the seeds).
 TINY_RUN = [
+    "stage=cam",  # a later stage=... wins
     "data.crop_size=56",
     "data.resize_long=[56,72]",
     "data.batch_size=8",
@@ -43,6 +44,7 @@ TINY = [
     *TINY_RUN,
 ]
 LABELS = [*TINY, "name=tiny", "stage=labels", "crf.workers=1", "labels.overlays=2"]
+ROUNDS = [*LABELS, "iterate.epochs_per_round=1", "iterate.threshold=0.2"]  # ISIM rounds on the tiny set
 
 
 @pytest.fixture(scope="session")

@@ -59,6 +59,7 @@ class VOCDataset:
         self.root = Path(root)
         if not (self.root / "JPEGImages").is_dir():
             raise IsimError(f"data.root={self.root} has no JPEGImages/ directory; {GET_VOC}")
+        self.split = split
         self.names = read_split(self.root, split)
         self.mask_dir = self.root / mask_dir if mask_dir else None
         self.class_index = {name: i for i, name in enumerate(classes)}

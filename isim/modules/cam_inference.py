@@ -10,7 +10,7 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 
-from isim.cam import multiscale_cams, normalize_cams
+from isim.cam import class_scores
 from isim.errors import IsimError
 from isim.io import atomic_path
 from isim.metrics import ThresholdSweep
@@ -20,8 +20,9 @@ from isim.pseudo_labels import LabelWriter
 
 
 class CAMInference(pl.LightningModule):
-    """Multi-scale + flip CAMs per image into the threshold-sweep metric, and optionally into ``.npz``
-    files and a :class:`~isim.pseudo_labels.LabelWriter`; a few are kept for overlays."""
+    """Multi-scale + flip class scores per image (CAMs, or a segmenter's softmax: ``source``) into the
+    threshold-sweep metric, and optionally into ``.npz`` files and a :class:`~isim.pseudo_labels.LabelWriter`;
+    a few are kept for overlays."""
 
     def __init__(
         self,
@@ -33,13 +34,14 @@ class CAMInference(pl.LightningModule):
         save_dir: str | Path | None = None,
         keep: int = 8,
         writer: LabelWriter | None = None,
+        source: str = "cam",
     ) -> None:
         super().__init__()
         self.net, self.scales, self.flip = net, tuple(scales), flip
         self.sweep = ThresholdSweep(thresholds, num_classes)
         self.save_dir = Path(save_dir) if save_dir else None
-        self.keep, self.writer = keep, writer
-        self.kept: list[tuple[str, np.ndarray, np.ndarray]] = []  # (name, normalised CAMs, GT mask)
+        self.keep, self.writer, self.source = keep, writer, source
+        self.kept: list[tuple[str, np.ndarray, np.ndarray]] = []  # (name, class scores, GT mask)
 
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         for name, message in batch["errors"]:
@@ -48,7 +50,7 @@ class CAMInference(pl.LightningModule):
             self.writer.skip(name, message)
         if "image" not in batch:
             return
-        cams = normalize_cams(multiscale_cams(self.net, batch["image"], self.scales, self.flip), batch["labels"])
+        cams = class_scores(self.net, batch["image"], batch["labels"], self.source, self.scales, self.flip)
         self.sweep.update(cams, batch["mask"])
         for name, cam, labels, mask in zip(batch["name"], cams, batch["labels"], batch["mask"], strict=True):
             if self.save_dir is not None:

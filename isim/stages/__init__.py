@@ -10,9 +10,15 @@ from omegaconf import DictConfig
 
 from isim.errors import IsimError
 from isim.models import check_backbone
-from isim.stages import cam, labels, seg
+from isim.stages import cam, iterate, labels, round, seg
 
-STAGES: dict[str, Callable[[DictConfig], dict[str, Any]]] = {"cam": cam.run, "labels": labels.run, "seg": seg.run}
+STAGES: dict[str, Callable[[DictConfig], dict[str, Any]]] = {
+    "cam": cam.run,
+    "labels": labels.run,
+    "seg": seg.run,
+    "round": round.run,
+    "iterate": iterate.run,
+}
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:

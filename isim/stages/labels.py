@@ -42,20 +42,52 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     datamodule.prepare_data()
     data = datamodule.split(cfg.labels.split, check_images=cfg.labels.on_error == "raise")
     trainer = build_trainer(cfg, max_epochs=1)
-    store = LabelStore(cfg.labels.store_dir)
+    job = LabelJob(checkpoint, settings, "cam", tuple(cfg.cam.scales), cfg.cam.flip)
+    result = make_labels(cfg, trainer, datamodule, data, job, LabelStore(cfg.labels.store_dir), cfg.labels.overwrite)
+    if not trainer.is_global_zero:
+        return {}
+    summary = {
+        "stage": "labels",
+        "name": cfg.name,
+        "checkpoint": str(checkpoint),
+        "threshold": settings.threshold,
+        "settings": dataclasses.asdict(settings),
+        **result,
+        "cam_best_miou": cam_summary["cam"]["best_miou"] if cam_summary else None,
+        "config": OmegaConf.to_container(cfg, resolve=True),
+    }
+    summary["timings"]["total_s"] = round(time.perf_counter() - start, 2)
+    return finish(trainer, output_dir, summary)
+
+
+@dataclasses.dataclass(frozen=True)
+class LabelJob:
+    """What makes a store's labels: a checkpoint's scores (``source``, at ``scales``) refined by ``settings``."""
+
+    checkpoint: Path
+    settings: LabelSettings
+    source: str = "cam"
+    scales: tuple[float, ...] = (1.0,)
+    flip: bool = True
+
+
+def make_labels(cfg: DictConfig, trainer: pl.Trainer, datamodule: WSSSDataModule, data: VOCDataset, job: LabelJob,
+                store: LabelStore, overwrite: bool, previous: LabelStore | None = None) -> dict[str, Any]:  # fmt: skip
+    """Label ``data`` into ``store`` (sharded over DDP ranks), then evaluate it on rank 0 (against GT, and
+    against ``previous`` labels: the changed fraction); resumes a store of the same job."""
     if trainer.is_global_zero:
-        store.open(_producer(cfg, checkpoint, settings, datamodule), cfg.labels.overwrite, checkpoint)
+        store.open(_producer(job, data, datamodule), overwrite, job.checkpoint)
     trainer.strategy.barrier()
-    todo = data.names if cfg.labels.overwrite else store.missing(data.names)
+    todo = data.names if overwrite else store.missing(data.names)
     workers = default_workers() if cfg.crf.workers is None else int(cfg.crf.workers)
     if isinstance(trainer.accelerator, CPUAccelerator):
-        # CAM inference and the CRF workers share the cores: give torch what the workers leave.
+        # Score inference and the CRF workers share the cores: give torch what the workers leave.
         torch.set_num_threads(max(1, default_workers() - workers))
     timings: dict[str, float] = {}
-    writer = LabelWriter(store, data.root / "JPEGImages", settings, workers, cfg.labels.on_error, len(todo),
+    writer = LabelWriter(store, data.root / "JPEGImages", job.settings, workers, cfg.labels.on_error, len(todo),
                          progress=trainer.is_global_zero)  # fmt: skip
-    inference = CAMInference(load_cam_network(checkpoint), cfg.cam.scales, cfg.cam.flip, [settings.threshold],
-                             len(VOC_CLASSES), keep=cfg.labels.overlays, writer=writer)  # fmt: skip
+    inference = CAMInference(load_cam_network(job.checkpoint), job.scales, job.flip, [job.settings.threshold],
+                             len(VOC_CLASSES), keep=cfg.labels.overlays, writer=writer, source=job.source)  # fmt: skip
     with timed(timings, "label_s"):
         try:
             if todo:
@@ -67,32 +99,16 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     if not trainer.is_global_zero:
         return {}
     with timed(timings, "eval_s"):
-        evaluation = evaluate_store(store, data)
-    timings["total_s"] = round(time.perf_counter() - start, 2)
+        evaluation = evaluate_store(store, data, previous)
     timings["images_per_s"] = round(len(writer.written) / max(timings["label_s"], 1e-9), 2)
     counts = {"images": len(data), "labelled_now": len(writer.written), "skipped": writer.skipped,
               "in_store": len(data) - len(store.missing(data.names))}  # fmt: skip
     store.close(counts)
-    summary = {
-        "stage": "labels",
-        "name": cfg.name,
-        "store": str(store.root),
-        "checkpoint": str(checkpoint),
-        "threshold": settings.threshold,
-        "settings": dataclasses.asdict(settings),
-        **counts,
-        "labels": evaluation,
-        "cam_best_miou": cam_summary["cam"]["best_miou"] if cam_summary else None,
-        "crf_workers": workers,
-        "torch_threads": torch.get_num_threads(),
-        "timings": timings,
-        "config": OmegaConf.to_container(cfg, resolve=True),
-    }
-    if evaluation:
-        log.info("label mIoU %.4f (CAM stage best %s), %.1f%% of pixels ignored", evaluation["miou"],
-                 summary["cam_best_miou"], 100 * evaluation["ignored_fraction"])  # fmt: skip
-        _log(trainer, evaluation, inference, store, data, output_dir)
-    return finish(trainer, output_dir, summary)
+    if "miou" in evaluation:
+        log.info("label mIoU %.4f, %.1f%% of pixels ignored", evaluation["miou"], 100 * evaluation["ignored_fraction"])
+        _log(trainer, evaluation, inference, store, data, Path(cfg.paths.output_dir))
+    return {"store": str(store.root), **counts, "labels": evaluation, "crf_workers": workers,
+            "torch_threads": torch.get_num_threads(), "timings": timings}  # fmt: skip
 
 
 def cam_network_checkpoint(cfg: DictConfig) -> Path:
@@ -133,33 +149,40 @@ def load_cam_network(path: Path) -> Classifier | Segmenter:
     return net
 
 
-def evaluate_store(store: LabelStore, data: VOCDataset) -> dict[str, Any]:
-    """Label mIoU, per-class IoU / precision / recall against GT, over pixels the labels do not ignore."""
+def evaluate_store(store: LabelStore, data: VOCDataset, previous: LabelStore | None = None) -> dict[str, Any]:
+    """Label mIoU, per-class IoU / precision / recall against GT over the pixels the labels do not ignore;
+    with ``previous``, the fraction of pixels whose label changed from it."""
     confusion = torch.zeros(len(VOC_CLASSES), len(VOC_CLASSES), dtype=torch.long)
-    ignored = valid = 0
+    ignored = valid = changed = total = 0
     for name in tqdm(data.names, desc="evaluating labels", unit="img", leave=False):
-        gt = data.read_mask(name)
-        if gt is None or not store.path(name).is_file():
+        if not store.path(name).is_file():
             continue
         label = store.read(name)
+        if previous is not None and previous.path(name).is_file():
+            changed += int((previous.read(name) != label).sum())
+            total += label.size
+        gt = data.read_mask(name)
+        if gt is None:
+            continue
         counted = gt != 255
         valid += int(counted.sum())
         ignored += int((counted & (label == 255)).sum())
         target = np.where(label == 255, 255, gt)
         confusion += confusion_matrix(torch.from_numpy(label), torch.from_numpy(target), len(VOC_CLASSES))
-    if valid == 0:
-        return {}
-    return {**segmentation_report(confusion, VOC_CLASSES), "ignored_fraction": ignored / valid}
+    report = {"changed_fraction": changed / total} if total else {}
+    if valid:
+        report.update(segmentation_report(confusion, VOC_CLASSES), ignored_fraction=ignored / valid)
+    return report
 
 
-def _producer(cfg: DictConfig, checkpoint: Path, settings: LabelSettings, datamodule: WSSSDataModule) -> dict:
+def _producer(job: LabelJob, data: VOCDataset, datamodule: WSSSDataModule) -> dict:
     """What a store's labels depend on; a store is only ever continued by the same producer."""
     return {
-        "checkpoint_sha256": hashlib.sha256(checkpoint.read_bytes()).hexdigest(),
+        "checkpoint_sha256": hashlib.sha256(job.checkpoint.read_bytes()).hexdigest(),
         "data_root": str(datamodule.root),
-        "split": cfg.labels.split,
-        "cam": {"scales": list(cfg.cam.scales), "flip": cfg.cam.flip},
-        "settings": dataclasses.asdict(settings),
+        "split": data.split,
+        "scores": {"source": job.source, "scales": list(job.scales), "flip": job.flip},
+        "settings": dataclasses.asdict(job.settings),
     }
 
 

@@ -7,11 +7,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytorch_lightning as pl
+import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from isim.data import VOC_CLASSES, WSSSDataModule
-from isim.errors import IsimError
+from isim.errors import IsimError, brief
 from isim.modules import SegmenterModule
 from isim.pseudo_labels import LabelStore
 from isim.stages.common import build_trainer, finish, resume_checkpoint, timed
@@ -24,15 +26,10 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     output_dir = Path(cfg.paths.output_dir)
     datamodule: WSSSDataModule = instantiate(cfg.data)
     datamodule.prepare_data()
-    if datamodule.labels != "gt":
-        check_store(LabelStore(datamodule.labels), datamodule.split(datamodule.train_split).names)
-    module: SegmenterModule = instantiate(cfg.model.segmenter, num_classes=len(VOC_CLASSES))
     trainer = build_trainer(cfg, max_epochs=cfg.seg.max_epochs, datamodule=datamodule)
     timings: dict[str, float] = {}
     with timed(timings, "train_s"):
-        trainer.fit(module, datamodule=datamodule,
-                    ckpt_path=resume_checkpoint(cfg.ckpt_path, output_dir, dict(module.hparams)))  # fmt: skip
-    per_class = dict(zip(VOC_CLASSES, module.last_val_iou, strict=True)) if module.last_val_iou else {}
+        module, val = train_segmenter(cfg, datamodule, trainer, output_dir, cfg.seg.init)
     timings["total_s"] = round(time.perf_counter() - start, 2)
     summary = {
         "stage": "seg",
@@ -40,16 +37,50 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         "labels": datamodule.labels,
         "model": {key: module.hparams[key] for key in ("backbone", "decoder", "output_stride", "pretrained")},
         "epochs": trainer.current_epoch,
-        "val": {
-            "split": datamodule.val_split,
-            "miou": float(trainer.callback_metrics.get("val/mIoU", float("nan"))),
-            "per_class_iou": per_class,
-        },
+        "val": val,
         "timings": timings,
         "config": OmegaConf.to_container(cfg, resolve=True),
     }
-    log.info("segmenter val mIoU %.4f (trained on %s)", summary["val"]["miou"], datamodule.labels)
     return finish(trainer, output_dir, summary)
+
+
+def train_segmenter(cfg: DictConfig, datamodule: WSSSDataModule, trainer: pl.Trainer, output_dir: Path,
+                    warm_start: str | Path | None = None) -> tuple[SegmenterModule, dict[str, Any]]:  # fmt: skip
+    """Fit (or resume) the segmenter on ``datamodule.labels``; a fresh run starts from ``warm_start``'s
+    weights when given. Returns it with its last validation mIoU and per-class IoU."""
+    if datamodule.labels != "gt":
+        check_store(LabelStore(datamodule.labels), datamodule.split(datamodule.train_split).names)
+    module: SegmenterModule = instantiate(cfg.model.segmenter, num_classes=len(VOC_CLASSES))
+    resume = resume_checkpoint(cfg.ckpt_path, output_dir, dict(module.hparams))
+    if resume is None and warm_start is not None:
+        load_weights(module, warm_start)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=resume)
+    miou = float(trainer.callback_metrics.get("val/mIoU", float("nan")))
+    log.info("segmenter val mIoU %.4f (trained on %s)", miou, datamodule.labels)
+    per_class = dict(zip(VOC_CLASSES, module.last_val_iou, strict=True)) if module.last_val_iou else {}
+    return module, {"split": datamodule.val_split, "miou": miou, "per_class_iou": per_class}
+
+
+def load_weights(module: SegmenterModule, path: Path) -> None:
+    """Start from a checkpoint's weights; optimizer and schedule start fresh. A segmenter checkpoint (the
+    previous round) gives every weight; a classifier (the CAM stage) gives the encoder and classification head."""
+    if not Path(path).is_file():
+        raise IsimError(f"warm-start checkpoint {path} not found; run the stage that makes it, or set it to null")
+    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    saved, weights = checkpoint.get("hyper_parameters", {}), checkpoint.get("state_dict", {})
+    if saved.get("backbone") != module.hparams.backbone:
+        raise IsimError(f"{path} has backbone {saved.get('backbone')!r}, not model.backbone="
+                        f"{module.hparams.backbone!r}; warm starts need the same backbone")  # fmt: skip
+    if "decoder" not in saved:  # a classifier: net.backbone.* is the encoder's timm model, net.head.* the head
+        weights = {key.replace("net.backbone.", "net.model.encoder.model.", 1): value for key, value in weights.items()}
+    try:
+        unexpected = module.load_state_dict(weights, strict="decoder" in saved).unexpected_keys
+        if unexpected:
+            raise RuntimeError(f"unexpected weights {unexpected[:3]}")
+    except RuntimeError as error:
+        raise IsimError(f"{path} does not fit this segmenter ({brief(error)}); warm starts need the same "
+                        "model.* settings") from None  # fmt: skip
+    log.info("warm start from %s", path)
 
 
 def check_store(store: LabelStore, names: list[str]) -> None:

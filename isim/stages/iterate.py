@@ -1,0 +1,138 @@
+"""``stage=iterate``: ISIM end to end. The cam and labels stages, then rounds 1..N, each its own Hydra job
+(``train.py stage=round round=k``, so each has its config snapshot, log, W&B run and directory). A stage or
+round whose summary.json exists is done and is skipped, so a re-run continues after the last completed one."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.loggers import WandbLogger
+
+from isim.errors import IsimError
+from isim.io import atomic_path, write_json
+
+log = logging.getLogger(__name__)
+
+COLUMNS = ["round", "label_miou", "val_miou", "changed_fraction", "wall_s"]
+# Set per child job by this stage, never forwarded from its own command line.
+OWN_KEYS = {"stage", "round", "ckpt_path", "paths.experiment_dir", "hydra.run.dir"}
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    start = time.perf_counter()
+    output_dir = Path(cfg.paths.output_dir)
+    experiment_dir = _experiment_dir(cfg)
+    for stage in ("cam", "labels"):
+        _ensure_done(cfg, experiment_dir, stage, f"stage={stage}")
+    rows = [_row(0, json.loads((experiment_dir / "labels" / "summary.json").read_text()))]
+    for k in range(1, cfg.iterate.rounds + 1):
+        summary = _ensure_done(cfg, experiment_dir, f"round-{k}", "stage=round", f"round={k}")
+        rows.append(_row(k, summary))
+        if summary["labels"].get("changed_fraction", 1.0) < cfg.iterate.min_change:
+            log.info("round %d changed %.4f of the label pixels < iterate.min_change: stopping", k, rows[-1][3])
+            break
+    table = round_table(rows)
+    print(f"\nISIM rounds of {cfg.name} ({experiment_dir}):\n{table}", flush=True)
+    summary = {
+        "stage": "iterate",
+        "name": cfg.name,
+        "experiment_dir": str(experiment_dir),
+        "rounds": [dict(zip(COLUMNS, row, strict=True)) for row in rows],
+        "label_miou_gain": _gain(rows[0][1], rows[-1][1]),
+        "timings": {"total_s": round(time.perf_counter() - start, 2)},
+        "config": OmegaConf.to_container(cfg, resolve=True),
+    }
+    with atomic_path(output_dir / "rounds.csv") as tmp:
+        tmp.write_text(_csv(rows))
+    write_json(output_dir / "summary.json", summary)
+    _log_rounds(cfg, rows)
+    return summary
+
+
+def round_table(rows: list[list]) -> str:
+    """The rounds as an aligned text table (missing figures as -)."""
+    cells = [COLUMNS] + [[_cell(value) for value in row[:-1]] + [f"{row[-1]:.0f}"] for row in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(COLUMNS))]
+    return "\n".join("  ".join(cell.rjust(width) for cell, width in zip(row, widths, strict=True)) for row in cells)
+
+
+def _experiment_dir(cfg: DictConfig) -> Path:
+    """runs/<name> for a single run; inside a sweep, the job's own directory, so sweep jobs never share stages."""
+    if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+        return Path(cfg.paths.output_dir)
+    return Path(cfg.paths.experiment_dir)
+
+
+def _ensure_done(cfg: DictConfig, experiment_dir: Path, step: str, *overrides: str) -> dict[str, Any]:
+    """The step's summary, running its job first unless it has completed."""
+    summary_path = experiment_dir / step / "summary.json"
+    if summary_path.is_file():
+        log.info("%s is done (%s); skipping it", step, summary_path)
+    else:
+        log.info("running %s", " ".join(overrides))
+        command = [sys.executable, str(Path(sys.argv[0]).resolve()), *overrides, *_forwarded_overrides(),
+                   f"paths.experiment_dir={experiment_dir}"]  # fmt: skip
+        code = subprocess.run(command, cwd=cfg.paths.root_dir).returncode
+        if code != 0 or not summary_path.is_file():
+            raise IsimError(f"{step} failed (exit code {code}; log in {experiment_dir / step}). Completed steps "
+                            "are kept: fix the cause and re-run stage=iterate to continue from this step")  # fmt: skip
+    return json.loads(summary_path.read_text())
+
+
+def _forwarded_overrides() -> list[str]:
+    """This job's command-line overrides (a sweep job's own values included), for its child jobs."""
+    if not HydraConfig.initialized():
+        return []
+    overrides = list(HydraConfig.get().overrides.task)
+    return [item for item in overrides if item.split("=", 1)[0].lstrip("+~") not in OWN_KEYS]
+
+
+def _row(k: int, summary: dict[str, Any]) -> list:
+    labels = summary.get("labels", {})
+    return [k, labels.get("miou"), summary.get("val", {}).get("miou"), labels.get("changed_fraction"),
+            summary["timings"]["total_s"]]  # fmt: skip
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
+def _gain(first: float | None, last: float | None) -> float | None:
+    return None if first is None or last is None else last - first
+
+
+def _csv(rows: list[list]) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(COLUMNS)
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def _log_rounds(cfg: DictConfig, rows: list[list]) -> None:
+    """The round figures as metrics (step = round) and, on W&B, the round table in this experiment's group."""
+    if not cfg.get("logger"):
+        return
+    logger = instantiate(cfg.logger)
+    for row in rows:
+        metrics = {f"rounds/{key}": value for key, value in zip(COLUMNS[1:], row[1:], strict=True) if value is not None}
+        logger.log_metrics(metrics, step=row[0])
+    if isinstance(logger, WandbLogger):
+        logger.log_table("rounds/table", columns=COLUMNS, data=rows)
+        logger.experiment.finish()
+    else:
+        logger.save()

@@ -1,0 +1,77 @@
+"""``stage=round round=k``: one ISIM round. The segmenter trains on round k-1's labels (warm-started from
+round k-1's weights), then its own scores, refined by the dense CRF, become round k's labels."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from isim.data import WSSSDataModule
+from isim.errors import IsimError
+from isim.pseudo_labels import LabelStore, settings_from_config
+from isim.stages.common import build_trainer, finish, timed
+from isim.stages.labels import LabelJob, make_labels
+from isim.stages.seg import train_segmenter
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    start = time.perf_counter()
+    k = round_number(cfg)
+    output_dir = Path(cfg.paths.output_dir)
+    previous_store, warm_start = previous_round(cfg, k)
+    datamodule: WSSSDataModule = instantiate(cfg.data, labels=str(previous_store))
+    datamodule.prepare_data()
+    trainer = build_trainer(cfg, max_epochs=cfg.iterate.epochs_per_round, datamodule=datamodule)
+    timings: dict[str, float] = {}
+    with timed(timings, "train_s"):
+        _, val = train_segmenter(cfg, datamodule, trainer, output_dir, warm_start)
+    checkpoint = output_dir / "checkpoints" / "last.ckpt"
+    if not checkpoint.is_file():
+        raise IsimError(f"round {k} relabels from {checkpoint}, which was not written; keep callbacks=default")
+    it = cfg.iterate
+    settings = settings_from_config(cfg.crf, it.threshold, None)
+    job = LabelJob(checkpoint, settings, it.label_source, tuple(it.scales), it.flip)
+    data = datamodule.split(cfg.labels.split, check_images=cfg.labels.on_error == "raise")
+    with timed(timings, "relabel_s"):
+        result = make_labels(cfg, trainer, datamodule, data, job, LabelStore(output_dir / "store"),
+                             cfg.labels.overwrite, previous=LabelStore(previous_store))  # fmt: skip
+    if not trainer.is_global_zero:
+        return {}
+    timings["total_s"] = round(time.perf_counter() - start, 2)
+    summary = {
+        "stage": "round",
+        "name": cfg.name,
+        "round": k,
+        "trained_on": str(previous_store),
+        "warm_start": str(warm_start) if warm_start else None,
+        "val": val,
+        **result,
+        "timings": {**result["timings"], **timings},
+        "config": OmegaConf.to_container(cfg, resolve=True),
+    }
+    return finish(trainer, output_dir, summary)
+
+
+def round_number(cfg: DictConfig) -> int:
+    k = cfg.get("round")
+    if not isinstance(k, int) or isinstance(k, bool) or k < 1:
+        raise IsimError(f"round={k} must be a round number >= 1 (round 0 is stage=labels); e.g. stage=round round=1")
+    return k
+
+
+def previous_round(cfg: DictConfig, k: int) -> tuple[Path, str | Path | None]:
+    """Round k-1's label store and the checkpoint round k starts from. Round 0 is ``data.labels`` (the labels
+    stage's store) and ``iterate.init`` (the CAM classifier); a round counts once complete (summary.json last)."""
+    if k == 1:
+        if cfg.data.labels == "gt":
+            raise IsimError("round 1 trains on pseudo-labels, not data.labels=gt; use stage=seg for the GT reference")
+        return Path(cfg.data.labels), cfg.iterate.init
+    previous_dir = Path(cfg.paths.experiment_dir) / f"round-{k - 1}"
+    if not (previous_dir / "summary.json").is_file():
+        raise IsimError(f"round {k} needs round {k - 1}, which has not completed (no {previous_dir}/summary.json); "
+                        f"run `python train.py stage=round round={k - 1}` or stage=iterate first")  # fmt: skip
+    return previous_dir / "store", previous_dir / "checkpoints" / "last.ckpt"

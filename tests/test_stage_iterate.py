@@ -1,0 +1,131 @@
+"""ISIM's rounds for real: ``stage=iterate`` runs each round as its own Hydra job, grouped on W&B,
+resumable after the last completed round; ``stage=round`` alone, warm starts, refusals."""
+
+from __future__ import annotations
+
+import csv
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from isim.data import VOC_CLASSES
+from isim.errors import IsimError
+from isim.modules import SegmenterModule
+from isim.pseudo_labels import LabelStore
+from isim.stages.seg import load_weights
+from tests.conftest import ROUNDS, read_summary, run_train
+from tests.wandb_offline import offline_runs
+
+ITERATE = [*ROUNDS, "stage=iterate", "iterate.rounds=2", "logger=wandb"]
+
+
+@pytest.fixture(scope="module")
+def chain(labelled_project: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """A copy of the tiny project (trained classifier, round-0 store) after a 2-round ``stage=iterate``."""
+    root = tmp_path_factory.mktemp("chain")
+    shutil.copytree(labelled_project / "data", root / "data")
+    for stage in ("cam", "labels"):
+        shutil.copytree(labelled_project / "runs/tiny" / stage, root / "runs/tiny" / stage)
+    return root, run_train(root, *ITERATE).stdout
+
+
+def test_each_round_is_a_hydra_job_with_its_own_dir(chain: tuple[Path, str]) -> None:
+    root, stdout = chain
+    runs = root / "runs/tiny"
+    for k in (1, 2):
+        round_dir = runs / f"round-{k}"
+        assert yaml.safe_load((round_dir / ".hydra/config.yaml").read_text())["round"] == k
+        assert (round_dir / "checkpoints/last.ckpt").is_file()
+        summary = read_summary(round_dir)
+        assert summary["round"] == k and summary["in_store"] == 24 and not summary["skipped"]
+        assert LabelStore(round_dir / "store").manifest()["complete"]
+        assert 0 < summary["labels"]["miou"] <= 1 and 0 <= summary["val"]["miou"] <= 1
+        assert 0 < summary["labels"]["changed_fraction"] < 1
+    assert read_summary(runs / "round-1")["trained_on"] == str(runs / "labels/store")
+    assert read_summary(runs / "round-1")["warm_start"] == str(runs / "cam/checkpoints/last.ckpt")
+    assert read_summary(runs / "round-2")["trained_on"] == str(runs / "round-1/store")
+    assert read_summary(runs / "round-2")["warm_start"] == str(runs / "round-1/checkpoints/last.ckpt")
+    # The round table: printed, in the iterate summary and as CSV, with round 0 = the labels stage.
+    summary = read_summary(runs / "iterate")
+    assert [row["round"] for row in summary["rounds"]] == [0, 1, 2]
+    assert summary["rounds"][0]["label_miou"] == read_summary(runs / "labels")["labels"]["miou"]
+    assert summary["rounds"][2]["val_miou"] == read_summary(runs / "round-2")["val"]["miou"]
+    first, last = summary["rounds"][0]["label_miou"], summary["rounds"][2]["label_miou"]
+    assert summary["label_miou_gain"] == pytest.approx(last - first)
+    with open(runs / "iterate/rounds.csv") as file:
+        assert [row["round"] for row in csv.DictReader(file)] == ["0", "1", "2"]
+    assert "round  label_miou  val_miou  changed_fraction  wall_s" in stdout
+
+
+def test_rounds_are_wandb_runs_in_one_group_with_the_round_table(chain: tuple[Path, str]) -> None:
+    root, _ = chain
+    runs = {run.name: run for run in offline_runs(root / "runs/tiny")}
+    assert set(runs) == {"round-1", "round-2", "iterate"}  # cam and labels ran with the csv logger
+    assert {run.group for run in runs.values()} == {"tiny"}
+    assert runs["round-2"].job_type == "round"
+    assert any("val/mIoU" in step for step in runs["round-1"].history)
+    assert any("labels/miou" in step for step in runs["round-2"].history)
+    logged = [step["rounds/label_miou"] for step in runs["iterate"].history if "rounds/label_miou" in step]
+    expected = [row["label_miou"] for row in read_summary(root / "runs/tiny/iterate")["rounds"]]
+    assert logged == pytest.approx(expected)
+    assert any("rounds/table" in key for step in runs["iterate"].history for key in step)
+
+
+def test_warm_start_from_the_previous_round_or_the_classifier(chain: tuple[Path, str]) -> None:
+    root, _ = chain
+    segmenter = root / "runs/tiny/round-1/checkpoints/last.ckpt"
+    saved = torch.load(segmenter, map_location="cpu", weights_only=False)
+    module = SegmenterModule(**{**saved["hyper_parameters"], "pretrained": False})
+    assert not torch.equal(module.net.head.weight, saved["state_dict"]["net.head.weight"])
+    load_weights(module, segmenter)
+    for key, value in module.state_dict().items():
+        assert torch.equal(value, saved["state_dict"][key]), key
+    # Round 1 starts from the CAM classifier: its backbone becomes the encoder, its head the head.
+    classifier = torch.load(root / "runs/tiny/cam/checkpoints/last.ckpt", map_location="cpu", weights_only=False)
+    fresh = SegmenterModule(**{**saved["hyper_parameters"], "pretrained": False})
+    decoder = {k: v.clone() for k, v in fresh.state_dict().items() if ".decoder." in k}
+    load_weights(fresh, root / "runs/tiny/cam/checkpoints/last.ckpt")
+    weights = fresh.state_dict()
+    assert torch.equal(weights["net.head.weight"], classifier["state_dict"]["net.head.weight"])
+    backbone = {k: v for k, v in classifier["state_dict"].items() if k.startswith("net.backbone.")}
+    assert backbone and all(torch.equal(weights[k.replace("net.backbone.", "net.model.encoder.model.")], v)
+                            for k, v in backbone.items())  # fmt: skip
+    assert all(torch.equal(weights[k], v) for k, v in decoder.items())  # the decoder is new
+    other = SegmenterModule("resnet14t", len(VOC_CLASSES), pretrained=False)
+    with pytest.raises(IsimError, match=r"has backbone 'resnet10t', not model\.backbone='resnet14t'"):
+        load_weights(other, segmenter)
+
+
+def test_round_before_its_predecessor_is_refused(chain: tuple[Path, str]) -> None:
+    root, _ = chain
+    result = run_train(root, *ROUNDS, "stage=round", "round=4", check=False)
+    assert result.returncode == 2 and "round 4 needs round 3, which has not completed" in result.stderr
+    assert "stage=round round=3" in result.stderr and not (root / "runs/tiny/round-4/summary.json").exists()
+    result = run_train(root, *ROUNDS, "stage=round", "round=0", check=False)
+    assert result.returncode == 2 and "round=0 must be a round number >= 1" in result.stderr
+
+
+def test_rerun_continues_after_the_last_completed_round(chain: tuple[Path, str]) -> None:
+    """What a crash during round 2's relabelling leaves (no summary, part of the store) is finished on re-run;
+    round 1 and round 2's finished training are kept as they are."""
+    root, _ = chain
+    runs = root / "runs/tiny"
+    round_1 = (runs / "round-1/summary.json").stat().st_mtime_ns
+    store = LabelStore(runs / "round-2/store")
+    lost = ["synthetic_00002", "synthetic_00005", "synthetic_00011"]
+    before = {name: store.read(name) for name in lost}
+    (runs / "round-2/summary.json").unlink()
+    for name in lost:
+        store.path(name).unlink()
+    result = run_train(root, *ITERATE)
+    output = result.stdout + result.stderr
+    assert "round-1 is done" in output and "running stage=round round=2" in output
+    assert (runs / "round-1/summary.json").stat().st_mtime_ns == round_1
+    summary = read_summary(runs / "round-2")
+    assert summary["labelled_now"] == 3 and summary["in_store"] == 24
+    for name in lost:  # the same checkpoint gives the same labels
+        np.testing.assert_array_equal(store.read(name), before[name])
