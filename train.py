@@ -7,11 +7,12 @@ from omegaconf import DictConfig
 
 from isim.errors import exit_on_user_error
 from isim.stages import run
+from isim.stages.jobs import in_multirun
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> None:
-    exit_on_user_error(lambda: run(cfg))
+    exit_on_user_error(lambda: run(cfg), keep_going=in_multirun())
 
 
 if __name__ == "__main__":

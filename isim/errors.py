@@ -29,8 +29,12 @@ def user_message(error: BaseException) -> str | None:
     return text.splitlines()[-1].split("IsimError: ", 1)[-1] if text else repr(error)
 
 
-def exit_on_user_error(job: Callable[[], Any]) -> Any:
-    """Run ``job``; an IsimError behind any failure ends the program with its one line and exit code 2."""
+def exit_on_user_error(job: Callable[[], Any], keep_going: bool = False) -> Any:
+    """Run ``job``; an IsimError behind any failure ends the program with its one line and exit code 2.
+
+    With ``keep_going`` (a sweep job) the line is printed and the error re-raised as one IsimError, so the
+    launcher records the job as failed and runs the others.
+    """
     try:
         return job()
     except Exception as error:
@@ -38,6 +42,8 @@ def exit_on_user_error(job: Callable[[], Any]) -> Any:
         if message is None:
             raise
         print(f"isim: error: {message}", file=sys.stderr)
+        if keep_going:
+            raise IsimError(message) from None
         sys.exit(2)
 
 

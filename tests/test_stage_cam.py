@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -81,3 +82,16 @@ def test_ddp_keeps_the_global_batch(tmp_path: Path) -> None:
     result = run_train(tmp_path, *TINY, "name=odd", "trainer=ddp_cpu", "data.batch_size=7", check=False)
     assert result.returncode == 2 and "data.batch_size=7 is the global batch and must divide by the 2" in result.stderr
     assert not (tmp_path / "runs/odd/cam/checkpoints").exists()  # refused before training started
+
+
+def test_ddp_cam_evaluation_equals_one_process(labelled_project: Path, tmp_path: Path) -> None:
+    """The same classifier evaluated by 2 gloo ranks (each half of the images) gives the 1-process sweep;
+    rank 1 keeps no log file of its own."""
+    shutil.copytree(labelled_project / "data", tmp_path / "data")
+    shutil.copytree(labelled_project / "runs/tiny/cam", tmp_path / "runs/tiny/cam")
+    (tmp_path / "runs/tiny/cam/summary.json").unlink()
+    run_train(tmp_path, *TINY, "name=tiny", "trainer=ddp_cpu")  # training is complete: resumes, evaluates
+    single = read_summary(labelled_project / "runs/tiny/cam")["cam"]
+    ddp = read_summary(tmp_path / "runs/tiny/cam")["cam"]
+    assert ddp["sweep"] == single["sweep"] and ddp["best_miou"] > 0
+    assert sorted(path.name for path in (tmp_path / "runs/tiny/cam").glob("*.log")) == ["train.log"]

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import logging
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
@@ -11,6 +14,9 @@ from omegaconf import DictConfig
 from isim.errors import IsimError
 from isim.models import check_backbone
 from isim.stages import cam, iterate, labels, round, seg
+from isim.stages.jobs import needs_own_process, quiet_secondary_ranks, run_child_job
+
+log = logging.getLogger(__name__)
 
 STAGES: dict[str, Callable[[DictConfig], dict[str, Any]]] = {
     "cam": cam.run,
@@ -23,8 +29,15 @@ STAGES: dict[str, Callable[[DictConfig], dict[str, Any]]] = {
 
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Seed everything, check the cheap-to-check keys up front, then run the selected stage."""
+    quiet_secondary_ranks()
     if cfg.stage.name not in STAGES:
         raise IsimError(f"stage={cfg.stage.name} is not implemented; available: {', '.join(STAGES)}")
     check_backbone(cfg.model.backbone)
+    if needs_own_process(cfg):
+        output_dir = Path(cfg.paths.output_dir)
+        log.info("DDP sweep job: running it as a single run in %s", output_dir)
+        if run_child_job(cfg, output_dir, ()) != 0:
+            raise IsimError(f"sweep job {output_dir.name} failed; see {output_dir}")
+        return json.loads((output_dir / "summary.json").read_text())
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     return STAGES[cfg.stage.name](cfg)

@@ -8,26 +8,23 @@ import csv
 import io
 import json
 import logging
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from hydra.core.hydra_config import HydraConfig
-from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.loggers import WandbLogger
 
 from isim.errors import IsimError
 from isim.io import atomic_path, write_json
+from isim.stages.jobs import in_multirun, run_child_job
 
 log = logging.getLogger(__name__)
 
 COLUMNS = ["round", "label_miou", "val_miou", "changed_fraction", "wall_s"]
 # Set per child job by this stage, never forwarded from its own command line.
-OWN_KEYS = {"stage", "round", "ckpt_path", "paths.experiment_dir", "hydra.run.dir"}
+OWN_KEYS = ("stage", "round", "ckpt_path", "paths.experiment_dir", "hydra.run.dir")
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
@@ -43,8 +40,6 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         if summary["labels"].get("changed_fraction", 1.0) < cfg.iterate.min_change:
             log.info("round %d changed %.4f of the label pixels < iterate.min_change: stopping", k, rows[-1][3])
             break
-    table = round_table(rows)
-    print(f"\nISIM rounds of {cfg.name} ({experiment_dir}):\n{table}", flush=True)
     summary = {
         "stage": "iterate",
         "name": cfg.name,
@@ -58,6 +53,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         tmp.write_text(_csv(rows))
     write_json(output_dir / "summary.json", summary)
     _log_rounds(cfg, rows)
+    print(f"\nISIM rounds of {cfg.name} ({experiment_dir}):\n{round_table(rows)}", flush=True)
     return summary
 
 
@@ -70,7 +66,7 @@ def round_table(rows: list[list]) -> str:
 
 def _experiment_dir(cfg: DictConfig) -> Path:
     """runs/<name> for a single run; inside a sweep, the job's own directory, so sweep jobs never share stages."""
-    if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+    if in_multirun():
         return Path(cfg.paths.output_dir)
     return Path(cfg.paths.experiment_dir)
 
@@ -82,21 +78,12 @@ def _ensure_done(cfg: DictConfig, experiment_dir: Path, step: str, *overrides: s
         log.info("%s is done (%s); skipping it", step, summary_path)
     else:
         log.info("running %s", " ".join(overrides))
-        command = [sys.executable, str(Path(sys.argv[0]).resolve()), *overrides, *_forwarded_overrides(),
-                   f"paths.experiment_dir={experiment_dir}"]  # fmt: skip
-        code = subprocess.run(command, cwd=cfg.paths.root_dir).returncode
+        overrides = (*overrides, f"paths.experiment_dir={experiment_dir}")
+        code = run_child_job(cfg, experiment_dir / step, overrides, drop=OWN_KEYS)
         if code != 0 or not summary_path.is_file():
             raise IsimError(f"{step} failed (exit code {code}; log in {experiment_dir / step}). Completed steps "
                             "are kept: fix the cause and re-run stage=iterate to continue from this step")  # fmt: skip
     return json.loads(summary_path.read_text())
-
-
-def _forwarded_overrides() -> list[str]:
-    """This job's command-line overrides (a sweep job's own values included), for its child jobs."""
-    if not HydraConfig.initialized():
-        return []
-    overrides = list(HydraConfig.get().overrides.task)
-    return [item for item in overrides if item.split("=", 1)[0].lstrip("+~") not in OWN_KEYS]
 
 
 def _row(k: int, summary: dict[str, Any]) -> list:
