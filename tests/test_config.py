@@ -31,7 +31,8 @@ def test_default_is_the_synthetic_cpu_experiment(tmp_path: Path) -> None:
     cfg = compose_config(output_dir=tmp_path)
     assert cfg.data.name == "synthetic" and cfg.model.pretrained is False
     assert cfg.trainer.accelerator == "cpu" and cfg.logger.offline is True
-    assert cfg.hydra.run.dir.endswith("runs/synthetic/cam")
+    assert cfg.stage.name == "iterate" and cfg.hydra.run.dir.endswith("runs/synthetic/iterate")
+    assert compose_config("stage=round", "round=3").hydra.run.dir.endswith("runs/synthetic/round-3")
 
 
 def test_real_voc_defaults_to_pretrained_resnet50_recipe() -> None:

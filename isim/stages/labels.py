@@ -95,13 +95,14 @@ def make_labels(cfg: DictConfig, trainer: pl.Trainer, datamodule: WSSSDataModule
                 trainer.test(inference, dataloaders=loader, verbose=False)
         finally:
             writer.close()
-    trainer.strategy.barrier()
+    skipped = _gather_skipped(writer.skipped)
     if not trainer.is_global_zero:
         return {}
     with timed(timings, "eval_s"):
         evaluation = evaluate_store(store, data, previous)
-    timings["images_per_s"] = round(len(writer.written) / max(timings["label_s"], 1e-9), 2)
-    counts = {"images": len(data), "labelled_now": len(writer.written), "skipped": writer.skipped,
+    labelled_now = len(todo) - len(store.missing(todo))  # by every rank
+    timings["images_per_s"] = round(labelled_now / max(timings["label_s"], 1e-9), 2)
+    counts = {"images": len(data), "labelled_now": labelled_now, "skipped": skipped,
               "in_store": len(data) - len(store.missing(data.names))}  # fmt: skip
     store.close(counts)
     if "miou" in evaluation:
@@ -109,6 +110,15 @@ def make_labels(cfg: DictConfig, trainer: pl.Trainer, datamodule: WSSSDataModule
         _log(trainer, evaluation, inference, store, data, Path(cfg.paths.output_dir))
     return {"store": str(store.root), **counts, "labels": evaluation, "crf_workers": workers,
             "torch_threads": torch.get_num_threads(), "timings": timings}  # fmt: skip
+
+
+def _gather_skipped(skipped: dict[str, str]) -> dict[str, str]:
+    """Every rank's skipped images (a collective: it is also the barrier after labelling)."""
+    if not torch.distributed.is_available() or not torch.distributed.is_initialized():
+        return dict(skipped)
+    gathered: list[dict[str, str]] = [{} for _ in range(torch.distributed.get_world_size())]
+    torch.distributed.all_gather_object(gathered, skipped)
+    return {name: message for part in gathered for name, message in part.items()}
 
 
 def cam_network_checkpoint(cfg: DictConfig) -> Path:
