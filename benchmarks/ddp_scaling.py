@@ -47,7 +47,7 @@ def main() -> None:
                        f"hydra.run.dir=runs/bench/labels_{trainer}")  # fmt: skip
         rates["labels stage (CAMs + CRF)"][processes] = labels["timings"]["images_per_s"]
         # Steady-state epochs: the difference of a long and a one-epoch run cancels process start-up.
-        seg = [*common, "stage=seg", "data.labels=gt", f"trainer={trainer}", "trainer.limit_val_batches=0"]
+        seg = [*common, "stage=seg", "data.labels=gt", f"trainer={trainer}", "+trainer.limit_val_batches=0"]
         seconds = [train(workdir, *seg, f"seg.max_epochs={epochs}", "ckpt_path=null",
                          f"hydra.run.dir=runs/bench/seg_{trainer}_{epochs}")["timings"]["train_s"]
                    for epochs in (1, args.epochs)]  # fmt: skip

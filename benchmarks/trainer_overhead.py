@@ -75,7 +75,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=2)
     args = parser.parse_args()
-    overrides = ["data.labels=gt", "trainer.limit_val_batches=0", "callbacks=none", "logger=csv",
+    overrides = ["data.labels=gt", "+trainer.limit_val_batches=0", "callbacks=none", "logger=csv",
                  "trainer.enable_progress_bar=false"]  # fmt: skip
     with initialize_config_dir(version_base="1.3", config_dir=str(ROOT / "conf")):
         cfg = compose("train", overrides=overrides, return_hydra_config=True)
