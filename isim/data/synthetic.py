@@ -2,9 +2,10 @@
 
 It is built to be hard in the way real photos are for WSSS. Every object has a small
 class-specific *part* (a saturated hue, solid or striped: 10 hues x 2 patterns = 20 classes) on
-a larger *body* whose look (dark, desaturated, finely textured) is shared by all classes, over
-textured backgrounds. An image-level classifier only needs the part, so its CAM covers the part
-and misses most of the body, just as a CAM finds a cat's face and misses its fur.
+a larger *body* (dark, finely textured, only faintly tinted with the part's hue, so it tells
+two classes apart at best), over textured backgrounds. An image-level classifier only needs the
+part, so its CAM covers the part and little of the body, just as a CAM finds a cat's face and
+misses its fur; the body is still the class's own, as fur is, so a segmenter can learn it.
 
 Every image is generated from ``(seed, index)`` alone, so the set is the same on every machine.
 """
@@ -28,6 +29,7 @@ from isim.errors import IsimError
 from isim.io import write_png
 
 MANIFEST = "isim_synthetic.json"
+GENERATOR = 2  # bumped whenever the images change, so an older generated copy is refused, not reused
 NUM_HUES = 10
 
 
@@ -48,10 +50,10 @@ def ensure_synthetic_voc(root: str | Path, spec: SyntheticSpec) -> Path:
     manifest = root / MANIFEST
     if manifest.exists():
         found = json.loads(manifest.read_text())
-        if found != asdict(spec):
+        if found != _manifest(spec):
             raise IsimError(
                 f"{root} holds a synthetic set made with {found}, but the config asks for "
-                f"{asdict(spec)}; delete {root} or set data.root to another directory"
+                f"{_manifest(spec)}; delete {root} or set data.root to another directory"
             )
         return root
     if root.exists() and any(root.iterdir()):
@@ -76,15 +78,23 @@ def _generate(root: Path, spec: SyntheticSpec) -> None:
             write_png(tmp / "SegmentationClass" / f"{name}.png", mask, palette)
             _write_annotation(tmp / "Annotations" / f"{name}.xml", name, image.shape, objects)
         (tmp / "ImageSets/Segmentation" / f"{split}.txt").write_text("\n".join(names) + "\n")
-    (tmp / MANIFEST).write_text(json.dumps(asdict(spec), indent=2) + "\n")
+    (tmp / MANIFEST).write_text(json.dumps(_manifest(spec), indent=2) + "\n")
     root.parent.mkdir(parents=True, exist_ok=True)
     os.replace(tmp, root)
 
 
+def _manifest(spec: SyntheticSpec) -> dict:
+    return {**asdict(spec), "generator": GENERATOR}
+
+
+def class_hue(class_index: int) -> float:
+    """Classes k and k+10 share a hue."""
+    return ((class_index - 1) % NUM_HUES) / NUM_HUES
+
+
 def part_color(class_index: int) -> tuple[float, float, float]:
-    """The class-specific part colour (RGB in [0, 1]); classes k and k+10 share a hue."""
-    hue = ((class_index - 1) % NUM_HUES) / NUM_HUES
-    return colorsys.hsv_to_rgb(hue, 0.85, 0.95)
+    """The class-specific part colour (RGB in [0, 1])."""
+    return colorsys.hsv_to_rgb(class_hue(class_index), 0.85, 0.95)
 
 
 def render_image(spec: SyntheticSpec, index: int) -> tuple[np.ndarray, np.ndarray, list[tuple[int, tuple]]]:
@@ -97,7 +107,7 @@ def render_image(spec: SyntheticSpec, index: int) -> tuple[np.ndarray, np.ndarra
     for _ in range(int(rng.integers(1, spec.max_objects + 1))):
         class_index = int(rng.integers(1, len(VOC_CLASSES)))
         body, part = _object_shape(rng, size, labels)
-        image = np.where(body[..., None], _body_texture(rng, size), image)
+        image = np.where(body[..., None], _body_texture(rng, size, class_index), image)
         image = np.where(part[..., None], _part_texture(rng, size, class_index), image)
         labels[body | part] = class_index
         objects.append((class_index, _box(body | part)))
@@ -124,9 +134,10 @@ def _background(rng: np.random.Generator, size: int) -> np.ndarray:
     return np.clip(image + rng.normal(0, 0.02, image.shape), 0, 1)
 
 
-def _body_texture(rng: np.random.Generator, size: int) -> np.ndarray:
-    """The look shared by every class: dark, desaturated, with fine fur-like grain."""
-    base = np.array(colorsys.hsv_to_rgb(rng.uniform(0.05, 0.12), rng.uniform(0.1, 0.35), rng.uniform(0.25, 0.45)))
+def _body_texture(rng: np.random.Generator, size: int, class_index: int) -> np.ndarray:
+    """Dark, with fine fur-like grain, faintly tinted with the class's hue."""
+    hue = (class_hue(class_index) + rng.uniform(-0.02, 0.02)) % 1
+    base = np.array(colorsys.hsv_to_rgb(hue, rng.uniform(0.3, 0.5), rng.uniform(0.25, 0.45)))
     grain = rng.normal(0, 0.06, (size, size, 1)) + 0.1 * (_smooth_noise(rng, size, 10) - 0.5)
     return np.clip(base + grain, 0, 1)
 
