@@ -36,10 +36,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=200, help="synthetic training images")
     parser.add_argument("--epochs", type=int, default=3, help="segmenter epochs of the long run (the short has 1)")
+    parser.add_argument("--batch", type=int, default=8, help="global training batch (per process: batch / processes)")
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="isim-ddp-"))
     common = [f"data.synthetic.num_train={args.images}", "data.synthetic.num_val=16", "data.num_workers=0",
-              "crf.workers=1", "cam.max_epochs=1", "cam.scales=[1.0,2.0]", "name=bench"]  # fmt: skip
+              "crf.workers=1", "cam.max_epochs=1", "cam.scales=[1.0,2.0]", f"data.batch_size={args.batch}",
+              "name=bench"]  # fmt: skip
     train(workdir, *common, "stage=cam", "hydra.run.dir=runs/bench/cam")
     half = workdir / "train_half.txt"  # the first half of the train split
     names = (workdir / "data/synthetic/ImageSets/Segmentation/train.txt").read_text().split()
@@ -56,7 +58,10 @@ def main() -> None:
                          f"hydra.run.dir=runs/bench/seg_{trainer}_{epochs}")["timings"]["train_s"]
                    for epochs in (1, args.epochs)]  # fmt: skip
         rates["segmenter training epoch"][processes] = args.images * (args.epochs - 1) / (seconds[1] - seconds[0])
-    print(f"\n{args.images} images of 128 px; each process: 1 torch thread, 1 CRF worker, no loader workers\n")
+    print(
+        f"\n{args.images} images of 128 px, global batch {args.batch}; each process: 1 torch thread, 1 CRF worker, "
+        "no loader workers\n"
+    )
     print("| workload | processes | images/s | speed-up | efficiency |")
     print("|---|---|---|---|---|")
     for workload, by_processes in rates.items():
