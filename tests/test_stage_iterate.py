@@ -129,3 +129,14 @@ def test_rerun_continues_after_the_last_completed_round(chain: tuple[Path, str])
     assert summary["labelled_now"] == 3 and summary["in_store"] == 24
     for name in lost:  # the same checkpoint gives the same labels
         np.testing.assert_array_equal(store.read(name), before[name])
+
+
+def test_a_round_under_ddp(chain: tuple[Path, str]) -> None:
+    """Two gloo ranks train, relabel (sharded) and evaluate a round; rank 0 alone writes the summary and log."""
+    root, _ = chain
+    run_train(root, *ROUNDS, "stage=round", "round=1", "trainer=ddp_cpu", "hydra.run.dir=runs/tiny/round-1-ddp")
+    run_dir = root / "runs/tiny/round-1-ddp"
+    summary = read_summary(run_dir)
+    assert summary["in_store"] == summary["labelled_now"] == 24 and 0 < summary["labels"]["miou"] <= 1
+    assert LabelStore(run_dir / "store").manifest()["complete"]
+    assert sorted(path.name for path in run_dir.glob("*.log")) == ["train.log"]
