@@ -6,6 +6,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import torch
 from PIL import Image
 
 from isim.data import VOCDataset
@@ -96,3 +97,9 @@ def test_cli_reports_dataset_errors_in_one_line(case: str, tiny_voc_copy: Path, 
     assert_one_line_error(result, NAME)
     assert not (tmp_path / "runs/bad/cam/summary.json").exists()
     assert not list((tmp_path / "runs/bad/cam").glob("checkpoints/*.ckpt"))
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
+def test_devices_this_machine_lacks(tmp_path: Path) -> None:
+    result = run_train(tmp_path, *TINY, "trainer=gpu", check=False)
+    assert_one_line_error(result, "the Trainer cannot start with trainer.accelerator=gpu", "trainer=cpu")

@@ -12,12 +12,14 @@ from typing import Any
 import numpy as np
 import pytorch_lightning as pl
 import torch
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
+from lightning_fabric.utilities.exceptions import MisconfigurationException
 from omegaconf import DictConfig
 from pytorch_lightning.loggers import WandbLogger
 
 from isim.data import WSSSDataModule
-from isim.errors import IsimError
+from isim.errors import IsimError, brief
 from isim.io import write_json, write_png
 
 log = logging.getLogger(__name__)
@@ -28,7 +30,15 @@ def build_trainer(cfg: DictConfig, max_epochs: int, datamodule: WSSSDataModule |
     DDP process starts."""
     callbacks = [instantiate(callback) for callback in (cfg.get("callbacks") or {}).values()]
     logger = instantiate(cfg.logger) if cfg.get("logger") else False
-    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=logger, max_epochs=max_epochs)
+    try:
+        trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=logger, max_epochs=max_epochs)
+    except InstantiationException as error:
+        if not isinstance(error.__cause__, MisconfigurationException):
+            raise
+        gpus = torch.cuda.device_count()
+        raise IsimError(f"the Trainer cannot start with trainer.accelerator={cfg.trainer.accelerator} trainer.devices="
+                        f"{cfg.trainer.devices} ({brief(error.__cause__)}); this machine has {gpus} GPU(s): use "
+                        "trainer=cpu or trainer=ddp_cpu without GPUs, or fewer trainer.devices") from None  # fmt: skip
     if datamodule is not None:
         datamodule.per_device_batch_size(trainer.world_size)
     return trainer
