@@ -44,6 +44,8 @@ def in_multirun() -> bool:
 
 def needs_own_process(cfg: DictConfig) -> bool:
     """A sweep job whose Trainer would start extra ranks by re-executing the command line."""
+    if cfg.stage.name == "iterate":
+        return False  # it trains nothing itself; its steps already run as single-run child jobs
     if not in_multirun() or SLURMEnvironment.detect() or TorchElasticEnvironment.detect():
         return False  # SLURM (submitit) and torchrun start the ranks themselves
     strategy = cfg.trainer.get("strategy") or ""
