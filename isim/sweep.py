@@ -7,8 +7,6 @@ the job directories) and once more at the end. A job without a summary.json is l
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import logging
 from pathlib import Path
@@ -19,7 +17,7 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from isim.io import atomic_path
+from isim.io import write_csv
 
 log = logging.getLogger(__name__)
 
@@ -48,14 +46,8 @@ def write_sweep_summary(sweep_dir: Path) -> Path | None:
             row["overrides"] = [item for item in row["overrides"] if item not in shared]
     for row in rows:
         row["overrides"] = " ".join(row["overrides"])
-    columns = list(dict.fromkeys(key for row in rows for key in row))
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, columns)
-    writer.writeheader()
-    writer.writerows(rows)
     path = sweep_dir / "sweep_summary.csv"
-    with atomic_path(path) as tmp:
-        tmp.write_text(buffer.getvalue())
+    write_csv(path, list(dict.fromkeys(key for row in rows for key in row)), rows)
     return path
 
 

@@ -4,8 +4,6 @@ round whose summary.json exists is done and is skipped, so a re-run continues af
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import logging
 import time
@@ -17,7 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.loggers import WandbLogger
 
 from isim.errors import IsimError
-from isim.io import atomic_path, write_json
+from isim.io import write_csv, write_json
 from isim.stages.jobs import in_multirun, run_child_job
 
 log = logging.getLogger(__name__)
@@ -31,9 +29,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     start = time.perf_counter()
     output_dir = Path(cfg.paths.output_dir)
     experiment_dir = _experiment_dir(cfg)
-    for stage in ("cam", "labels"):
-        _ensure_done(cfg, experiment_dir, stage, f"stage={stage}")
-    rows = [_row(0, json.loads((experiment_dir / "labels" / "summary.json").read_text()))]
+    _ensure_done(cfg, experiment_dir, "cam", "stage=cam")
+    rows = [_row(0, _ensure_done(cfg, experiment_dir, "labels", "stage=labels"))]
     for k in range(1, cfg.iterate.rounds + 1):
         summary = _ensure_done(cfg, experiment_dir, f"round-{k}", "stage=round", f"round={k}")
         rows.append(_row(k, summary))
@@ -49,8 +46,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         "timings": {"total_s": round(time.perf_counter() - start, 2)},
         "config": OmegaConf.to_container(cfg, resolve=True),
     }
-    with atomic_path(output_dir / "rounds.csv") as tmp:
-        tmp.write_text(_csv(rows))
+    write_csv(output_dir / "rounds.csv", COLUMNS, summary["rounds"])
     write_json(output_dir / "summary.json", summary)
     _log_rounds(cfg, rows)
     print(f"\nISIM rounds of {cfg.name} ({experiment_dir}):\n{round_table(rows)}", flush=True)
@@ -100,14 +96,6 @@ def _cell(value: Any) -> str:
 
 def _gain(first: float | None, last: float | None) -> float | None:
     return None if first is None or last is None else last - first
-
-
-def _csv(rows: list[list]) -> str:
-    buffer = io.StringIO()
-    writer = csv.writer(buffer)
-    writer.writerow(COLUMNS)
-    writer.writerows(rows)
-    return buffer.getvalue()
 
 
 def _log_rounds(cfg: DictConfig, rows: list[list]) -> None:

@@ -20,8 +20,6 @@ from hydra.types import RunMode
 from lightning_fabric.plugins.environments import SLURMEnvironment, TorchElasticEnvironment
 from omegaconf import DictConfig
 
-log = logging.getLogger(__name__)
-
 
 def run_child_job(cfg: DictConfig, run_dir: Path, overrides: Iterable[str], drop: Iterable[str] = ()) -> int:
     """Run ``train.py`` with this job's command-line overrides (minus the keys in ``drop``) plus ``overrides``,
