@@ -1,4 +1,4 @@
-"""Segmenting new images with a trained segmenter: multi-scale + flip TTA, optional CRF, PNG masks out."""
+"""``python infer.py``: a trained segmenter over a folder, a list or a VOC split; PNG masks out, mIoU with GT."""
 
 from __future__ import annotations
 
@@ -12,20 +12,19 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader, Dataset
-from tqdm import tqdm
 
-from isim.cam import multiscale_flip
-from isim.crf import crf_scores
-from isim.data import IGNORE_INDEX, VOC_CLASSES, VOCDataset, voc_palette
+from isim.data import IGNORE_INDEX, VOC_CLASSES, VOCDataset
 from isim.data.datamodule import collate
 from isim.data.transforms import eval_transform
 from isim.data.voc import open_image
 from isim.errors import IsimError
-from isim.io import write_json, write_png
-from isim.metrics import confusion_matrix, segmentation_report
+from isim.io import write_json
+from isim.metrics import segmentation_report
 from isim.models.segmenter import Segmenter
+from isim.modules import SegmenterPrediction
 from isim.modules.checkpoint import load_network
-from isim.visualize import blend, colorize
+from isim.stages.common import build_trainer
+from isim.stages.jobs import quiet_secondary_ranks
 
 log = logging.getLogger(__name__)
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp"}
@@ -77,33 +76,27 @@ def load_segmenter(path: Path) -> Segmenter:
     return net
 
 
-@torch.no_grad()
 def predict(cfg: DictConfig) -> dict[str, Any]:
+    """Segment the input with the configured Trainer (its images sharded over DDP ranks); rank 0 writes the
+    summary."""
+    quiet_secondary_ranks()
     start = time.perf_counter()
     output_dir = Path(cfg.paths.output_dir)
     paths, masks = inputs(cfg)  # checked before the (slower) model load
-    net = load_segmenter(Path(cfg.ckpt_path))
-    device = torch.device(cfg.device if cfg.device != "auto" else "cuda" if torch.cuda.is_available() else "cpu")
-    net.to(device)
+    prediction = SegmenterPrediction(load_segmenter(Path(cfg.ckpt_path)), cfg.scales, cfg.flip, output_dir,
+                                     cfg.crf if cfg.postprocess_crf else None, cfg.overlays)  # fmt: skip
     loader = DataLoader(InferenceImages(paths, masks, cfg.data.mean, cfg.data.std), batch_size=cfg.batch_size,
                         num_workers=cfg.data.num_workers, collate_fn=collate)  # fmt: skip
-    confusion = torch.zeros(len(VOC_CLASSES), len(VOC_CLASSES), dtype=torch.long)
-    palette = voc_palette()
-    for batch in tqdm(loader, desc="segmenting", unit="batch"):
-        probs = multiscale_flip(lambda x: net(x)[0].softmax(1), batch["image"].to(device), cfg.scales, cfg.flip)
-        for name, prob, raw, mask in zip(batch["name"], probs.cpu().numpy(), batch["raw"].numpy(), batch["mask"],
-                                         strict=True):  # fmt: skip
-            if cfg.postprocess_crf:
-                pred = crf_scores(raw, prob / prob.sum(0), cfg.crf.gaussian, cfg.crf.bilateral, cfg.crf.iterations)
-            else:
-                pred = prob.argmax(0).astype(np.uint8)
-            write_png(output_dir / "masks" / f"{name}.png", pred, palette)
-            if cfg.overlays:
-                write_png(output_dir / "overlays" / f"{name}.png", blend(raw, colorize(pred)))
-            confusion += confusion_matrix(torch.from_numpy(pred), mask, len(VOC_CLASSES))
+    trainer = build_trainer(cfg, max_epochs=1)
+    trainer.predict(prediction, dataloaders=loader, return_predictions=False)
+    confusion = prediction.confusion.compute().cpu()  # a collective: every rank's images
+    if not trainer.is_global_zero:
+        return {}
+    seconds = time.perf_counter() - start
     summary = {"stage": "infer", "checkpoint": str(cfg.ckpt_path), "images": len(paths),
                "masks_dir": str(output_dir / "masks"), "scales": list(cfg.scales), "flip": cfg.flip,
-               "crf": cfg.postprocess_crf, "seconds": round(time.perf_counter() - start, 2)}  # fmt: skip
+               "crf": cfg.postprocess_crf, "processes": trainer.world_size, "seconds": round(seconds, 2),
+               "images_per_s": round(len(paths) / seconds, 2)}  # fmt: skip
     if confusion.sum() > 0:
         summary["eval"] = segmentation_report(confusion, VOC_CLASSES)
         log.info("mIoU %.4f over %d images", summary["eval"]["miou"], len(paths))

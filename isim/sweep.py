@@ -1,4 +1,5 @@
-"""A Hydra callback that tabulates a multirun: one row per job with its overrides and key figures.
+"""A Hydra callback that tabulates a multirun: one row per job with its overrides and key figures; the
+objective of an hparams search.
 
 The table, ``<sweep dir>/sweep_summary.csv``, is rewritten after every job (so a sweep that ends in
 a failed job still has it, and launchers that run jobs elsewhere, like submitit, still fill it from
@@ -17,6 +18,7 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
+from isim.errors import IsimError
 from isim.io import write_csv
 
 log = logging.getLogger(__name__)
@@ -71,11 +73,24 @@ def job_row(hydra_dir: Path) -> dict[str, Any]:
     return row
 
 
+def objective(summary: dict[str, Any], metric: str) -> float:
+    """The figure an hparams search optimises: ``metric`` is a dotted path into the job's summary.json
+    (list items by index: ``rounds.-1.val_miou`` is the last ISIM round's val mIoU)."""
+    value = _dig(summary, metric)
+    if not isinstance(value, (int, float)):
+        raise IsimError(f"optimized_metric={metric} is not a number in the {summary.get('stage')} stage's "
+                        f"summary.json; name one, e.g. {', '.join(FIGURES[:4])}")  # fmt: skip
+    return float(value)
+
+
 def _dig(data: Any, dotted: str) -> Any:
     for key in dotted.split("."):
-        if not isinstance(data, dict):
+        if isinstance(data, list) and key.lstrip("-").isdigit() and -len(data) <= int(key) < len(data):
+            data = data[int(key)]
+        elif isinstance(data, dict):
+            data = data.get(key)
+        else:
             return None
-        data = data.get(key)
     return data if isinstance(data, (int, float, str)) else None
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import xml.etree.ElementTree as ET
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -91,3 +92,15 @@ def test_eval_loader_refuses_mixed_sizes_clearly(tiny_voc_copy: Path) -> None:
     loader = WSSSDataModule(str(tiny_voc_copy), eval_batch_size=4, num_workers=0).eval_dataloader("train")
     with pytest.raises(IsimError, match="eval_batch_size=1"):
         next(iter(loader))
+
+
+def test_ddp_validation_shards_are_not_padded_with_repeats(tiny_voc: Path, tmp_path: Path) -> None:
+    """Lightning's default DistributedSampler would pad 7 images to 8, counting one twice in the mIoU."""
+    names = VOCDataset(tiny_voc, "val").names[:7]
+    (tmp_path / "seven.txt").write_text("\n".join(names) + "\n")
+    datamodule = WSSSDataModule(str(tiny_voc), val_split=str(tmp_path / "seven.txt"), eval_batch_size=2, num_workers=0)
+    shards = []
+    for rank in (0, 1):
+        datamodule.trainer = SimpleNamespace(world_size=2, global_rank=rank)
+        shards.append([name for batch in datamodule.val_dataloader() for name in batch["name"]])
+    assert [len(shard) for shard in shards] == [4, 3] and sorted(shards[0] + shards[1]) == sorted(names)

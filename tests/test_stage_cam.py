@@ -85,13 +85,20 @@ def test_ddp_keeps_the_global_batch(tmp_path: Path) -> None:
 
 
 def test_ddp_cam_evaluation_equals_one_process(labelled_project: Path, tmp_path: Path) -> None:
-    """The same classifier evaluated by 2 gloo ranks (each half of the images) gives the 1-process sweep;
-    rank 1 keeps no log file of its own."""
+    """The same classifier evaluated on 23 images by 1 process and by 2 gloo ranks (12 + 11 images, none
+    repeated) gives the same sweep; rank 1 keeps no log file of its own."""
     shutil.copytree(labelled_project / "data", tmp_path / "data")
-    shutil.copytree(labelled_project / "runs/tiny/cam", tmp_path / "runs/tiny/cam")
-    (tmp_path / "runs/tiny/cam/summary.json").unlink()
-    run_train(tmp_path, *TINY, "name=tiny", "trainer=ddp_cpu")  # training is complete: resumes, evaluates
-    single = read_summary(labelled_project / "runs/tiny/cam")["cam"]
-    ddp = read_summary(tmp_path / "runs/tiny/cam")["cam"]
-    assert ddp["sweep"] == single["sweep"] and ddp["best_miou"] > 0
-    assert sorted(path.name for path in (tmp_path / "runs/tiny/cam").glob("*.log")) == ["train.log"]
+    names = next((tmp_path / "data").rglob("ImageSets/Segmentation/train.txt")).read_text().split()
+    (tmp_path / "odd.txt").write_text("\n".join(names[:23]) + "\n")
+    summaries = {}
+    for trainer in ("cpu", "ddp_cpu"):
+        run_dir = tmp_path / f"runs/tiny/cam_{trainer}"
+        shutil.copytree(labelled_project / "runs/tiny/cam/checkpoints", run_dir / "checkpoints")
+        # Training is complete: the stage resumes from last.ckpt and only evaluates.
+        run_train(tmp_path, *TINY, "name=tiny", f"trainer={trainer}", f"cam.split={tmp_path}/odd.txt",
+                  f"hydra.run.dir={run_dir}")  # fmt: skip
+        summaries[trainer] = read_summary(run_dir)
+    single, ddp = summaries["cpu"], summaries["ddp_cpu"]
+    assert ddp["data"]["images"] == single["data"]["images"] == 23
+    assert ddp["cam"]["sweep"] == single["cam"]["sweep"] and ddp["cam"]["best_miou"] > 0
+    assert sorted(path.name for path in (tmp_path / "runs/tiny/cam_ddp_cpu").glob("*.log")) == ["train.log"]

@@ -1,12 +1,16 @@
 """Hydra multiruns: one directory, summary and W&B run per job, a comparison table, failed jobs
-reported while the others run, DDP jobs without a duplicate sweep tree, and the submitit launcher."""
+reported while the others run, DDP jobs without a duplicate sweep tree, the submitit launcher, and an
+Optuna search."""
 
 from __future__ import annotations
 
 import csv
+import shutil
 from pathlib import Path
 
-from tests.conftest import TINY, read_summary, run_train
+import yaml
+
+from tests.conftest import LABELS, TINY, read_summary, run_train
 from tests.wandb_offline import offline_runs
 
 SWEEP = ["--multirun", *TINY, "name=tiny", "cam.max_epochs=1"]
@@ -54,3 +58,20 @@ def test_submitit_local_launch(tmp_path: Path) -> None:
     assert read_summary(sweep_dir / "0")["model"]["backbone"] == "resnet10t"
     assert list((sweep_dir / ".submitit").glob("*/*_log.out"))
     assert [row["status"] for row in sweep_rows(sweep_dir)] == ["completed"]
+
+
+def test_optuna_search_over_the_crf(labelled_project: Path, tmp_path: Path) -> None:
+    """Three trials of the labels stage on the CAM stage's classifier; the study's best is the best trial."""
+    shutil.copytree(labelled_project / "data", tmp_path / "data")
+    shutil.copytree(labelled_project / "runs/tiny/cam", tmp_path / "runs/tiny/cam")
+    sweep_dir = tmp_path / "multirun/optuna"
+    run_train(tmp_path, *LABELS, "hparams_search=crf_optuna", "hydra.sweeper.n_trials=3",
+              "hydra.sweeper.sampler.n_startup_trials=2", f"hydra.sweep.dir={sweep_dir}")  # fmt: skip
+    trials = [read_summary(sweep_dir / str(job)) for job in range(3)]
+    assert all(trial["stage"] == "labels" and trial["in_store"] == 24 for trial in trials)
+    assert len({trial["threshold"] for trial in trials}) == 3  # the sampler's own draws, not the config's
+    best = yaml.safe_load((sweep_dir / "optimization_results.yaml").read_text())
+    assert best["best_value"] == max(trial["labels"]["miou"] for trial in trials)
+    assert set(best["best_params"]) == {"labels.threshold", "crf.gt_prob", "crf.bilateral.srgb",
+                                        "crf.bilateral.compat"}  # fmt: skip
+    assert [row["status"] for row in sweep_rows(sweep_dir)] == ["completed"] * 3

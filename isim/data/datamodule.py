@@ -11,7 +11,8 @@ import albumentations as A
 import numpy as np
 import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader, Dataset
+from pytorch_lightning.overrides.distributed import UnrepeatedDistributedSampler
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from isim.data.classes import IGNORE_INDEX
 from isim.data.synthetic import SyntheticSpec, ensure_synthetic_voc
@@ -122,18 +123,26 @@ class WSSSDataModule(pl.LightningDataModule):
         return self.batch_size // world
 
     def val_dataloader(self) -> DataLoader:
-        return self.eval_dataloader(self.val_split)
+        data = TransformedDataset(self.split(self.val_split), self.eval_tf)
+        if self.trainer is None or self.trainer.world_size == 1:
+            return self._loader(data, self.eval_batch_size, shuffle=False)
+        # Lightning's default DistributedSampler pads the split with repeated images, which the mIoU would count
+        # twice; each rank takes its own share instead, unevenly if need be.
+        shard = UnrepeatedDistributedSampler(data, self.trainer.world_size, self.trainer.global_rank, shuffle=False)
+        return self._loader(data, self.eval_batch_size, shuffle=False, sampler=shard)
 
     def eval_dataloader(self, split: str | VOCDataset, tolerant: bool = False) -> DataLoader:
         """Un-augmented, full-size images of ``split`` (a name or a dataset), in list order."""
         data = self.split(split) if isinstance(split, str) else split
         return self._loader(TransformedDataset(data, self.eval_tf, tolerant), self.eval_batch_size, shuffle=False)
 
-    def _loader(self, data: Dataset, batch_size: int, shuffle: bool, drop_last: bool = False) -> DataLoader:
+    def _loader(self, data: Dataset, batch_size: int, shuffle: bool, drop_last: bool = False,
+                sampler: Sampler | None = None) -> DataLoader:  # fmt: skip
         return DataLoader(
             data,
             batch_size=batch_size,
             shuffle=shuffle,
+            sampler=sampler,
             drop_last=drop_last,
             collate_fn=collate,
             num_workers=self.num_workers,

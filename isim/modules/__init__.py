@@ -1,7 +1,8 @@
-"""LightningModules: classifier training, CAM inference and segmenter training."""
+"""LightningModules: classifier training, CAM inference, segmenter training and prediction."""
 
 from isim.modules.cam_inference import CAMInference
 from isim.modules.classifier import ClassifierModule
+from isim.modules.prediction import SegmenterPrediction
 from isim.modules.segmenter import SegmenterModule
 
-__all__ = ["CAMInference", "ClassifierModule", "SegmenterModule"]
+__all__ = ["CAMInference", "ClassifierModule", "SegmenterModule", "SegmenterPrediction"]

@@ -1,4 +1,4 @@
-"""LightningModule that runs a trained classifier's CAMs over a split (``trainer.test``)."""
+"""LightningModule that runs a trained classifier's CAMs over a split (``trainer.predict``)."""
 
 from __future__ import annotations
 
@@ -43,7 +43,7 @@ class CAMInference(pl.LightningModule):
         self.keep, self.writer, self.source = keep, writer, source
         self.kept: list[tuple[str, np.ndarray, np.ndarray]] = []  # (name, class scores, GT mask)
 
-    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         for name, message in batch["errors"]:
             if self.writer is None:
                 raise IsimError(message)

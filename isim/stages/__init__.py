@@ -9,9 +9,10 @@ from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
+import torch
 from omegaconf import DictConfig
 
-from isim.errors import IsimError
+from isim.errors import IsimError, brief
 from isim.models import check_backbone
 from isim.stages import cam, iterate, labels, round, seg
 from isim.stages.jobs import needs_own_process, quiet_secondary_ranks, run_child_job
@@ -40,4 +41,18 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             raise IsimError(f"sweep job {output_dir.name} failed; see {output_dir}")
         return json.loads((output_dir / "summary.json").read_text())
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
-    return STAGES[cfg.stage.name](cfg)
+    try:
+        return STAGES[cfg.stage.name](cfg)
+    except RuntimeError as error:
+        if not lost_a_peer(error):
+            raise
+        rank = torch.distributed.get_rank()
+        raise IsimError(f"rank {rank}: another process of this DDP run stopped ({brief(error, 100)}); its own output "
+                        "says why. The same command resumes from the last checkpoint") from error  # fmt: skip
+
+
+def lost_a_peer(error: RuntimeError) -> bool:
+    """A collective failed because another rank died (gloo sees its socket close; NCCL raises DistError)."""
+    if not torch.distributed.is_available() or not torch.distributed.is_initialized():
+        return False
+    return isinstance(error, torch.distributed.DistError) or "by peer" in str(error)

@@ -74,7 +74,7 @@ def train_classifier(
     module: ClassifierModule = instantiate(cfg.model.classifier, num_classes=len(VOC_CLASSES) - 1)
     resume = resume_checkpoint(cfg.ckpt_path, output_dir, dict(module.hparams))
     trainer.fit(module, datamodule=datamodule, ckpt_path=resume)
-    # Read now: trainer.test resets the trainer's callback metrics.
+    # Read now, before the CAM evaluation runs another loop on this trainer.
     return module, {key: float(value) for key, value in trainer.callback_metrics.items() if key.startswith("val/")}
 
 
@@ -87,7 +87,7 @@ def evaluate_cams(
         module.net, cfg.cam.scales, cfg.cam.flip, cfg.cam.thresholds, len(VOC_CLASSES), save_dir, cfg.cam.overlays
     )
     loader = datamodule.eval_dataloader(cfg.cam.split)
-    trainer.test(inference, dataloaders=loader, verbose=False)
+    trainer.predict(inference, dataloaders=loader, return_predictions=False)
     return inference, len(loader.dataset)
 
 

@@ -92,7 +92,7 @@ def make_labels(cfg: DictConfig, trainer: pl.Trainer, datamodule: WSSSDataModule
         try:
             if todo:
                 loader = datamodule.eval_dataloader(data.subset(todo), tolerant=True)
-                trainer.test(inference, dataloaders=loader, verbose=False)
+                trainer.predict(inference, dataloaders=loader, return_predictions=False)
         finally:
             writer.close()
     skipped = _gather_skipped(writer.skipped)

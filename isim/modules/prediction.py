@@ -1,0 +1,52 @@
+"""LightningModule that segments images with a trained segmenter (``trainer.predict``; shards over DDP ranks)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from omegaconf import DictConfig
+from torchmetrics.classification import MulticlassConfusionMatrix
+
+from isim.cam import multiscale_flip
+from isim.crf import crf_scores
+from isim.data import IGNORE_INDEX, VOC_CLASSES, voc_palette
+from isim.io import write_png
+from isim.models.segmenter import Segmenter
+from isim.visualize import blend, colorize
+
+
+class SegmenterPrediction(pl.LightningModule):
+    """Softmax averaged over ``scales`` (and flips) -> a VOC-palette mask PNG per image in ``output_dir/masks``,
+    refined by the dense CRF when ``crf`` is given; the confusion matrix against GT where an image has any."""
+
+    def __init__(self, net: Segmenter, scales: Sequence[float], flip: bool, output_dir: str | Path,
+                 crf: DictConfig | None = None, overlays: bool = False) -> None:  # fmt: skip
+        super().__init__()
+        self.net, self.scales, self.flip = net, tuple(scales), flip
+        self.output_dir, self.crf, self.overlays = Path(output_dir), crf, overlays
+        self.confusion = MulticlassConfusionMatrix(len(VOC_CLASSES), ignore_index=IGNORE_INDEX)
+        self.palette = voc_palette()
+
+    def transfer_batch_to_device(self, batch: dict[str, Any], device: torch.device, dataloader_idx: int) -> dict:
+        # Only the network input moves: raw pixels and masks serve the CRF, the PNGs and the metric on the host.
+        return {**batch, "image": batch["image"].to(device)}
+
+    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        probs = multiscale_flip(lambda x: self.net(x)[0].softmax(1), batch["image"], self.scales, self.flip)
+        for name, prob, raw, mask in zip(batch["name"], probs.cpu().numpy(), batch["raw"].numpy(), batch["mask"],
+                                         strict=True):  # fmt: skip
+            pred = self.segment(raw, prob)
+            write_png(self.output_dir / "masks" / f"{name}.png", pred, self.palette)
+            if self.overlays:
+                write_png(self.output_dir / "overlays" / f"{name}.png", blend(raw, colorize(pred)))
+            self.confusion.update(torch.from_numpy(pred).long()[None].to(self.device), mask[None].to(self.device))
+
+    def segment(self, raw: np.ndarray, prob: np.ndarray) -> np.ndarray:
+        if self.crf is None:
+            return prob.argmax(0).astype(np.uint8)
+        return crf_scores(raw, prob / prob.sum(0), self.crf.gaussian, self.crf.bilateral, self.crf.iterations)
