@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -11,7 +13,8 @@ from PIL import Image
 
 from isim.data import VOCDataset
 from isim.errors import IsimError
-from tests.conftest import TINY, TINY_RUN, run_train
+from isim.stages.common import build_trainer
+from tests.conftest import TINY, TINY_RUN, compose_config, run_train
 
 NAME = "synthetic_00001"
 
@@ -103,3 +106,12 @@ def test_cli_reports_dataset_errors_in_one_line(case: str, tiny_voc_copy: Path, 
 def test_devices_this_machine_lacks(tmp_path: Path) -> None:
     result = run_train(tmp_path, *TINY, "trainer=gpu", check=False)
     assert_one_line_error(result, "the Trainer cannot start with trainer.accelerator=gpu", "trainer=cpu")
+
+
+def test_more_cpu_processes_than_cores_is_warned(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    cores = os.cpu_count() or 1
+    cfg = compose_config("trainer=ddp_cpu", f"trainer.devices={cores + 1}", "logger=none", output_dir=tmp_path)
+    with caplog.at_level(logging.WARNING, logger="isim.stages.common"):
+        trainer = build_trainer(cfg, max_epochs=1)
+    assert trainer.num_devices == cores + 1
+    assert f"trainer.devices={cores + 1} CPU processes on {cores} cores" in caplog.text

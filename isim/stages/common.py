@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -16,6 +17,7 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from lightning_fabric.utilities.exceptions import MisconfigurationException
 from omegaconf import DictConfig
+from pytorch_lightning.accelerators import CPUAccelerator
 from pytorch_lightning.loggers import WandbLogger
 
 from isim.data import WSSSDataModule
@@ -39,6 +41,10 @@ def build_trainer(cfg: DictConfig, max_epochs: int, datamodule: WSSSDataModule |
         raise IsimError(f"the Trainer cannot start with trainer.accelerator={cfg.trainer.accelerator} trainer.devices="
                         f"{cfg.trainer.devices} ({brief(error.__cause__)}); this machine has {gpus} GPU(s): use "
                         "trainer=cpu or trainer=ddp_cpu without GPUs, or fewer trainer.devices") from None  # fmt: skip
+    cores = os.cpu_count() or 1
+    if isinstance(trainer.accelerator, CPUAccelerator) and trainer.num_devices > cores:
+        log.warning("trainer.devices=%d CPU processes on %d cores: they share cores and gain nothing over %d",
+                    trainer.num_devices, cores, cores)  # fmt: skip
     if datamodule is not None:
         datamodule.per_device_batch_size(trainer.world_size)
     return trainer
