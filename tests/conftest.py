@@ -91,6 +91,15 @@ def read_summary(run_dir: Path) -> dict:
     return json.loads((run_dir / "summary.json").read_text())
 
 
+def copy_data_with_subset(project: Path, root: Path, split: str, count: int) -> Path:
+    """``project``'s data copied into ``root``, and a list file of the first ``count`` names of ``split``."""
+    shutil.copytree(project / "data", root / "data")
+    names = next((root / "data").rglob(f"ImageSets/Segmentation/{split}.txt")).read_text().split()
+    subset = root / f"{split}_{count}.txt"
+    subset.write_text("\n".join(names[:count]) + "\n")
+    return subset
+
+
 @pytest.fixture(scope="session")
 def labelled_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A directory with a trained tiny classifier (runs/tiny/cam) and its label store (runs/tiny/labels/store)."""

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.conftest import ROOT, TINY, run_train
+from tests.conftest import ROOT, TINY, copy_data_with_subset, run_train
 
 DATA = [o for o in TINY if o.startswith("data.synthetic.")]
 
@@ -60,19 +60,17 @@ def test_infer_on_a_voc_split_reports_miou(segmenter: Path, labelled_project: Pa
 def test_infer_under_ddp_equals_one_process(segmenter: Path, labelled_project: Path, tmp_path: Path) -> None:
     """7 val images over 2 gloo ranks (4 + 3, none repeated): the same masks and mIoU as 1 process, one summary,
     one log."""
-    shutil.copytree(labelled_project / "data", tmp_path / "data")
-    names = next((tmp_path / "data").rglob("ImageSets/Segmentation/val.txt")).read_text().split()
-    (tmp_path / "seven.txt").write_text("\n".join(names[:7]) + "\n")
+    seven = copy_data_with_subset(labelled_project, tmp_path, "val", 7)
     runs = {}
     for trainer in ("cpu", "ddp_cpu"):
         run_dir = tmp_path / f"runs/tiny/infer_{trainer}"
-        result = run_infer(tmp_path, f"ckpt_path={segmenter}", f"split={tmp_path}/seven.txt", f"trainer={trainer}",
+        result = run_infer(tmp_path, f"ckpt_path={segmenter}", f"split={seven}", f"trainer={trainer}",
                            f"hydra.run.dir={run_dir}")  # fmt: skip
         assert result.returncode == 0, result.stderr[-2000:]
         masks = {path.name: np.array(Image.open(path)) for path in (run_dir / "masks").glob("*.png")}
         runs[trainer] = masks, json.loads((run_dir / "summary.json").read_text())
     (single_masks, single), (ddp_masks, ddp) = runs["cpu"], runs["ddp_cpu"]
-    assert sorted(ddp_masks) == sorted(f"{name}.png" for name in names[:7])
+    assert sorted(ddp_masks) == sorted(f"{name}.png" for name in seven.read_text().split())
     assert all(np.array_equal(ddp_masks[name], single_masks[name]) for name in single_masks)
     assert ddp["processes"] == 2 and ddp["images"] == 7 and ddp["eval"] == single["eval"]
     assert sorted(path.name for path in (tmp_path / "runs/tiny/infer_ddp_cpu").glob("*.log")) == ["infer.log"]

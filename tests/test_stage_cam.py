@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.conftest import TINY, TINY_RUN, read_summary, run_train
+from tests.conftest import TINY, TINY_RUN, copy_data_with_subset, read_summary, run_train
 
 
 @pytest.fixture(scope="module")
@@ -87,15 +87,13 @@ def test_ddp_keeps_the_global_batch(tmp_path: Path) -> None:
 def test_ddp_cam_evaluation_equals_one_process(labelled_project: Path, tmp_path: Path) -> None:
     """The same classifier evaluated on 23 images by 1 process and by 2 gloo ranks (12 + 11 images, none
     repeated) gives the same sweep; rank 1 keeps no log file of its own."""
-    shutil.copytree(labelled_project / "data", tmp_path / "data")
-    names = next((tmp_path / "data").rglob("ImageSets/Segmentation/train.txt")).read_text().split()
-    (tmp_path / "odd.txt").write_text("\n".join(names[:23]) + "\n")
+    odd = copy_data_with_subset(labelled_project, tmp_path, "train", 23)
     summaries = {}
     for trainer in ("cpu", "ddp_cpu"):
         run_dir = tmp_path / f"runs/tiny/cam_{trainer}"
         shutil.copytree(labelled_project / "runs/tiny/cam/checkpoints", run_dir / "checkpoints")
         # Training is complete: the stage resumes from last.ckpt and only evaluates.
-        run_train(tmp_path, *TINY, "name=tiny", f"trainer={trainer}", f"cam.split={tmp_path}/odd.txt",
+        run_train(tmp_path, *TINY, "name=tiny", f"trainer={trainer}", f"cam.split={odd}",
                   f"hydra.run.dir={run_dir}")  # fmt: skip
         summaries[trainer] = read_summary(run_dir)
     single, ddp = summaries["cpu"], summaries["ddp_cpu"]
