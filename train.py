@@ -11,11 +11,15 @@ from isim.stages.jobs import in_multirun
 from isim.sweep import objective
 
 
-@hydra.main(version_base="1.3", config_path="conf", config_name="train")
-def main(cfg: DictConfig) -> float | None:
-    summary = exit_on_user_error(lambda: run(cfg), keep_going=in_multirun())
+def job(cfg: DictConfig) -> float | None:
+    summary = run(cfg)
     # An hparams search (conf/hparams_search/) gets the figure it optimises; ranks > 0 have no summary.
     return objective(summary, cfg.optimized_metric) if cfg.optimized_metric and summary else None
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    return exit_on_user_error(lambda: job(cfg), keep_going=in_multirun())
 
 
 if __name__ == "__main__":

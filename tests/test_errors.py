@@ -14,6 +14,7 @@ from PIL import Image
 from isim.data import VOCDataset
 from isim.errors import IsimError
 from isim.stages.common import build_trainer
+from isim.sweep import objective
 from tests.conftest import TINY, TINY_RUN, compose_config, run_train
 
 NAME = "synthetic_00001"
@@ -115,3 +116,11 @@ def test_more_cpu_processes_than_cores_is_warned(tmp_path: Path, caplog: pytest.
         trainer = build_trainer(cfg, max_epochs=1)
     assert trainer.num_devices == cores + 1
     assert f"trainer.devices={cores + 1} CPU processes on {cores} cores" in caplog.text
+
+
+def test_optimized_metric_is_a_dotted_path_to_a_number() -> None:
+    summary = {"stage": "iterate", "rounds": [{"val_miou": 0.3}, {"val_miou": 0.4}], "name": "x"}
+    assert objective(summary, "rounds.-1.val_miou") == 0.4 and objective(summary, "rounds.0.val_miou") == 0.3
+    for wrong in ("rounds.2.val_miou", "name", "val.miou"):
+        with pytest.raises(IsimError, match=f"optimized_metric={wrong} is not a number in the iterate stage"):
+            objective(summary, wrong)
