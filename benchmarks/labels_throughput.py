@@ -28,7 +28,7 @@ from isim.cam import multiscale_cams, normalize_cams
 from isim.data import SyntheticSpec, VOCDataset, ensure_synthetic_voc
 from isim.data.transforms import eval_transform
 from isim.models import Classifier
-from isim.pseudo_labels import LabelSettings, LabelStore, LabelWriter, label_image, pseudo_label
+from isim.pseudo_labels import LabelSettings, LabelStore, LabelWriter, label_image, pseudo_labels
 
 SETTINGS = LabelSettings(threshold=0.25, confident=None, unary="label", gt_prob=0.7,
                          gaussian={"sxy": 3, "compat": 3}, bilateral={"sxy": 50, "srgb": 5, "compat": 10},
@@ -60,7 +60,7 @@ def crf_only(data: VOCDataset) -> float:
     items = [(data.read_image(name), maps, classes) for name, maps, classes in cheap_cams(data)]
     start = time.perf_counter()
     for image, maps, classes in items:
-        pseudo_label(image, maps, classes, SETTINGS)
+        pseudo_labels([image], [maps], [classes], SETTINGS)
     return len(items) / (time.perf_counter() - start)
 
 

@@ -4,10 +4,11 @@ The store is a directory of ``<name>.png`` label maps plus ``manifest.json`` say
 them. PNGs are written atomically, so a store never holds a half-written file, and a re-run only
 labels the images that are missing.
 
-The CRF runs in worker processes fed through a bounded window of pending jobs, so the main
-process keeps computing CAMs while the workers refine, and memory does not grow with the
+On CPU the CRF runs in worker processes fed through a bounded window of pending jobs, so the
+main process keeps computing CAMs while the workers refine, and memory does not grow with the
 dataset. Workers read each image from disk themselves: only the compact float16 CAMs of the
-image's own classes cross the process boundary.
+image's own classes cross the process boundary. On a GPU the torch CRF backend refines batches
+of images on the device, right after their CAMs.
 """
 
 from __future__ import annotations
@@ -15,17 +16,18 @@ from __future__ import annotations
 import json
 import os
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from PIL import Image
 from tqdm import tqdm
 
-from isim.crf import crf_labels, crf_scores
+from isim.crf import check_backend, crf_labels, crf_scores
 from isim.data.classes import IGNORE_INDEX, voc_palette
 from isim.errors import IsimError
 from isim.io import write_json, write_png
@@ -42,34 +44,43 @@ class LabelSettings:
     gaussian: Mapping[str, float] = field(default_factory=dict)
     bilateral: Mapping[str, float] = field(default_factory=dict)
     iterations: int = 10
+    backend: str = "pydensecrf"  # the CRF's implementation (isim.crf.BACKENDS)
 
 
-def pseudo_label(image: np.ndarray, cams: np.ndarray, classes: np.ndarray, settings: LabelSettings) -> np.ndarray:
-    """A uint8 label map from an image (H, W, 3), its normalised CAMs (K, H, W) and their class indices (K,)."""
+def pseudo_labels(images: Sequence[np.ndarray], cams: Sequence[np.ndarray], classes: Sequence[np.ndarray],
+                  settings: LabelSettings, device: str | torch.device = "cpu") -> list[np.ndarray]:  # fmt: skip
+    """uint8 label maps from images (H, W, 3), their normalised CAMs (K, H, W) and the CAMs' class indices (K,);
+    the torch backend refines all of them in one CRF call on ``device``."""
     if settings.confident is None:
-        return _crf_at(image, cams, classes, settings.threshold, settings)
-    fg = _crf_at(image, cams, classes, settings.confident[0], settings)
-    bg = _crf_at(image, cams, classes, settings.confident[1], settings)
-    label = np.where(fg == 0, IGNORE_INDEX, fg).astype(np.uint8)
-    label[(fg == 0) & (bg == 0)] = 0  # background only where even the low threshold finds no object
-    return label
+        return _crf_at(images, cams, classes, settings.threshold, settings, device)
+    fgs = _crf_at(images, cams, classes, settings.confident[0], settings, device)
+    bgs = _crf_at(images, cams, classes, settings.confident[1], settings, device)
+    labels = []
+    for fg, bg in zip(fgs, bgs, strict=True):
+        label = np.where(fg == 0, IGNORE_INDEX, fg).astype(np.uint8)
+        label[(fg == 0) & (bg == 0)] = 0  # background only where even the low threshold finds no object
+        labels.append(label)
+    return labels
 
 
-def _crf_at(image: np.ndarray, cams: np.ndarray, classes: np.ndarray, threshold: float, s: LabelSettings) -> np.ndarray:
-    keys = np.concatenate([[0], classes]).astype(np.uint8)
-    scores = np.concatenate([np.full((1, *cams.shape[1:]), threshold, np.float32), cams])
+def _crf_at(images: Sequence[np.ndarray], cams: Sequence[np.ndarray], classes: Sequence[np.ndarray],
+            threshold: float, s: LabelSettings, device: str | torch.device) -> list[np.ndarray]:  # fmt: skip
+    keys = [np.concatenate([[0], c]).astype(np.uint8) for c in classes]
+    scores = [np.concatenate([np.full((1, *c.shape[1:]), threshold, np.float32), c]) for c in cams]
+    crf = {"gaussian": s.gaussian, "bilateral": s.bilateral, "iterations": s.iterations, "backend": s.backend,
+           "device": device}  # fmt: skip
     if s.unary == "label":
-        compact = crf_labels(image, scores.argmax(0), len(keys), s.gt_prob, s.gaussian, s.bilateral, s.iterations)
+        compact = crf_labels(images, [score.argmax(0) for score in scores], [len(k) for k in keys], s.gt_prob, **crf)
     elif s.unary == "softmax":
-        probs = scores / scores.sum(0, keepdims=True)
-        compact = crf_scores(image, probs, s.gaussian, s.bilateral, s.iterations)
+        compact = crf_scores(images, [score / score.sum(0, keepdims=True) for score in scores], **crf)
     else:
         raise IsimError(f"crf.unary={s.unary!r} is unknown; use label or softmax")
-    return keys[compact]
+    return [k[c] for k, c in zip(keys, compact, strict=True)]
 
 
-def label_image(image_path: Path, out_path: Path, cams: np.ndarray, classes: np.ndarray, s: LabelSettings) -> None:
-    """One store entry: read the image, refine, write the PNG atomically (runs in a worker)."""
+def read_image_for(image_path: Path, cams: np.ndarray) -> np.ndarray:
+    """The RGB image that ``cams`` (K, H, W) were computed from; a missing, unreadable or mis-sized one is an
+    IsimError naming the file."""
     try:
         image = np.array(Image.open(image_path).convert("RGB"))
     except FileNotFoundError:
@@ -79,7 +90,13 @@ def label_image(image_path: Path, out_path: Path, cams: np.ndarray, classes: np.
     if image.shape[:2] != cams.shape[1:]:
         raise IsimError(f"CAMs of {image_path} are {cams.shape[2]}x{cams.shape[1]} but the image is "
                         f"{image.shape[1]}x{image.shape[0]}; were they computed from another image?")  # fmt: skip
-    write_png(out_path, pseudo_label(image, cams.astype(np.float32), classes, s), voc_palette())
+    return image
+
+
+def label_image(image_path: Path, out_path: Path, cams: np.ndarray, classes: np.ndarray, s: LabelSettings) -> None:
+    """One store entry: read the image, refine, write the PNG atomically (runs in a worker)."""
+    image = read_image_for(image_path, cams)
+    write_png(out_path, pseudo_labels([image], [cams.astype(np.float32)], [classes], s)[0], voc_palette())
 
 
 class LabelStore:
@@ -118,21 +135,32 @@ class LabelStore:
 
 
 class LabelWriter:
-    """Refines CAMs into the store in ``workers`` processes (0: inline), at most ``2 x workers`` jobs in flight."""
+    """Refines CAMs into the store in ``workers`` processes (0: inline), at most ``2 x workers`` jobs in flight.
+
+    With a ``device`` (the torch backend on a GPU) there are no workers: the CRF runs on the device in the
+    main process, right after the CAMs, ``batch_size`` images per call."""
 
     def __init__(self, store: LabelStore, image_dir: Path, settings: LabelSettings, workers: int,
-                 on_error: str = "raise", total: int | None = None, progress: bool = True) -> None:  # fmt: skip
+                 on_error: str = "raise", total: int | None = None, progress: bool = True,
+                 device: torch.device | None = None, batch_size: int = 8) -> None:  # fmt: skip
         if on_error not in ("raise", "skip"):
             raise IsimError(f"labels.on_error={on_error!r} must be raise or skip")
         self.store, self.image_dir, self.settings, self.on_error = store, image_dir, settings, on_error
-        self.pool = ProcessPoolExecutor(workers) if workers > 0 else None
+        self.device, self.batch_size = device, batch_size
+        self.pool = ProcessPoolExecutor(workers, initializer=_one_torch_thread) if workers > 0 else None
         self.window = 2 * max(workers, 1)
         self.pending: deque[tuple[str, Future]] = deque()
+        self.batch: list[tuple[str, np.ndarray, np.ndarray]] = []
         self.written: list[str] = []
         self.skipped: dict[str, str] = {}
         self.bar = tqdm(total=total, unit="img", desc="pseudo-labels", disable=not progress, dynamic_ncols=True)
 
     def submit(self, name: str, cams: np.ndarray, classes: np.ndarray) -> None:
+        if self.device is not None:
+            self.batch.append((name, cams.astype(np.float32), classes))
+            if len(self.batch) >= self.batch_size:
+                self._label_batch()
+            return
         args = (self.image_dir / f"{name}.jpg", self.store.path(name), cams.astype(np.float16), classes, self.settings)
         if self.pool is None:
             self._finish(name, lambda: label_image(*args))
@@ -147,12 +175,29 @@ class LabelWriter:
 
     def close(self) -> None:
         try:
+            if self.batch:
+                self._label_batch()
             while self.pending:
                 self._collect()
         finally:
             if self.pool is not None:
                 self.pool.shutdown(cancel_futures=True)
             self.bar.close()
+
+    def _label_batch(self) -> None:
+        """The buffered images through one CRF call on the device; an unreadable image fails alone."""
+        readable = []
+        for name, cams, classes in self.batch:
+            try:
+                readable.append((name, read_image_for(self.image_dir / f"{name}.jpg", cams), cams, classes))
+            except IsimError as error:
+                self._fail(name, error)
+        self.batch = []
+        if not readable:
+            return
+        names, images, cams, classes = zip(*readable, strict=True)
+        for name, label in zip(names, pseudo_labels(images, cams, classes, self.settings, self.device), strict=True):
+            self._finish(name, lambda name=name, label=label: write_png(self.store.path(name), label, voc_palette()))
 
     def _collect(self) -> None:
         name, future = self.pending.popleft()
@@ -175,6 +220,11 @@ class LabelWriter:
         self.bar.update()
 
 
+def _one_torch_thread() -> None:
+    """CRF worker processes share the cores between them: one torch thread each (the torch backend)."""
+    torch.set_num_threads(1)
+
+
 def settings_from_config(
     crf: Mapping[str, Any], threshold: float, confident: Mapping[str, float] | None
 ) -> LabelSettings:
@@ -186,6 +236,7 @@ def settings_from_config(
         gaussian=dict(crf["gaussian"]),
         bilateral=dict(crf["bilateral"]),
         iterations=int(crf["iterations"]),
+        backend=check_backend(crf["backend"]),
     )
 
 

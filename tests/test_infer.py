@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from isim.crf import BACKENDS
 from tests.conftest import ROOT, TINY, copy_data_with_subset, run_train
 
 DATA = [o for o in TINY if o.startswith("data.synthetic.")]
@@ -55,6 +56,24 @@ def test_infer_on_a_voc_split_reports_miou(segmenter: Path, labelled_project: Pa
     summary = json.loads((tmp_path / "runs/tiny/infer/summary.json").read_text())
     assert summary["images"] == 8 and 0 <= summary["eval"]["miou"] <= 1
     assert len(list((tmp_path / "runs/tiny/infer/masks").glob("*.png"))) == 8
+
+
+def test_infer_crf_post_processing_backends_agree(segmenter: Path, labelled_project: Path, tmp_path: Path) -> None:
+    """postprocess_crf with crf.backend=torch (a batch of 4 images per CRF call) gives pydensecrf's masks."""
+    shutil.copytree(labelled_project / "data", tmp_path / "data")
+    runs = {}
+    for backend in BACKENDS:
+        run_dir = tmp_path / f"runs/tiny/infer_{backend}"
+        result = run_infer(tmp_path, f"ckpt_path={segmenter}", "split=val", "batch_size=4", "scales=[1.0]",
+                           "postprocess_crf=true", f"crf.backend={backend}", "crf.bilateral.sxy=8",
+                           f"hydra.run.dir={run_dir}")  # fmt: skip
+        assert result.returncode == 0, result.stderr[-2000:]
+        masks = {path.name: np.array(Image.open(path)) for path in (run_dir / "masks").glob("*.png")}
+        runs[backend] = masks, json.loads((run_dir / "summary.json").read_text())["eval"]["miou"]
+    (reference, reference_miou), (ours, miou) = runs["pydensecrf"], runs["torch"]
+    assert len(ours) == 8 and ours.keys() == reference.keys()
+    same = sum(int((ours[k] == reference[k]).sum()) for k in ours) / sum(m.size for m in ours.values())
+    assert same >= 0.995 and abs(miou - reference_miou) <= 0.002
 
 
 def test_infer_under_ddp_equals_one_process(segmenter: Path, labelled_project: Path, tmp_path: Path) -> None:

@@ -6,10 +6,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from isim.errors import IsimError
-from isim.pseudo_labels import LabelSettings, LabelStore, LabelWriter, pseudo_label
+from isim.pseudo_labels import LabelSettings, LabelStore, LabelWriter, pseudo_labels
 from tests.test_crf import IRN, two_region_image
 
 
@@ -28,7 +29,7 @@ def disc_cam() -> np.ndarray:
 @pytest.mark.parametrize("unary", ["label", "softmax"])
 def test_labels_take_the_class_index_and_follow_the_edge(unary: str) -> None:
     image, truth = two_region_image()
-    label = pseudo_label(image, disc_cam(), np.array([8]), settings(unary=unary))
+    (label,) = pseudo_labels([image], [disc_cam()], [np.array([8])], settings(unary=unary))
     assert set(np.unique(label)) == {0, 8}
     seed = np.where(disc_cam()[0] > 0.3, 8, 0)
     overlap = lambda a: ((a == 8) & (truth == 1)).sum() / ((a == 8) | (truth == 1)).sum()  # noqa: E731
@@ -37,7 +38,7 @@ def test_labels_take_the_class_index_and_follow_the_edge(unary: str) -> None:
 
 def test_two_threshold_mode_ignores_the_uncertain_band() -> None:
     image, _ = two_region_image()
-    label = pseudo_label(image, disc_cam() * 0.5, np.array([3]), settings(confident=(0.45, 0.05)))
+    (label,) = pseudo_labels([image], [disc_cam() * 0.5], [np.array([3])], settings(confident=(0.45, 0.05)))
     assert set(np.unique(label)) <= {0, 3, 255} and (label == 255).any() and (label == 0).any()
 
 
@@ -61,6 +62,28 @@ def test_pooled_writer_matches_inline_and_skips_bad_images(tiny_voc_copy: Path, 
         assert np.array_equal(stores[0].read(name), stores[2].read(name))
         assert Image.open(stores[0].path(name)).mode == "P"
     assert not list(tmp_path.rglob("*.tmp"))
+
+
+def test_device_writer_batches_the_torch_crf_like_the_workers(tiny_voc_copy: Path, tmp_path: Path) -> None:
+    """With a device (as on a GPU) the writer refines 4 images per torch CRF call in the main process; a broken
+    image fails alone, and the labels are those of the worker processes."""
+    names = [f"synthetic_{i:05d}" for i in range(6)]
+    (tiny_voc_copy / "JPEGImages/synthetic_00003.jpg").write_bytes(b"broken")
+    cams = {n: np.random.default_rng(i).random((2, 64, 64)).astype(np.float32) for i, n in enumerate(names)}
+    stores = {}
+    for mode, options in {"device": {"device": torch.device("cpu"), "batch_size": 4}, "workers": {}}.items():
+        store = LabelStore(tmp_path / mode)
+        writer = LabelWriter(store, tiny_voc_copy / "JPEGImages", settings(backend="torch"),
+                             0 if mode == "device" else 2, "skip", progress=False, **options)  # fmt: skip
+        for name in names:
+            writer.submit(name, cams[name], np.array([2, 7]))
+        writer.close()
+        assert sorted(writer.written) == [n for n in names if n != "synthetic_00003"]
+        assert list(writer.skipped) == ["synthetic_00003"] and "corrupt" in writer.skipped["synthetic_00003"]
+        stores[mode] = {name: store.read(name) for name in writer.written}
+    labels = np.stack(list(stores["device"].values()))
+    assert set(np.unique(labels)) == {0, 2, 7}
+    assert (labels == np.stack(list(stores["workers"].values()))).mean() >= 0.999
 
 
 def test_writer_raises_with_the_file_name_by_default(tiny_voc_copy: Path, tmp_path: Path) -> None:

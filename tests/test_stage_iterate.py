@@ -18,6 +18,7 @@ from isim.modules import SegmenterModule
 from isim.pseudo_labels import LabelStore
 from isim.stages.seg import load_weights
 from tests.conftest import ROUNDS, read_summary, run_train
+from tests.test_stage_labels import pixel_agreement, store_arrays
 from tests.wandb_offline import offline_runs
 
 ITERATE = [*ROUNDS, "stage=iterate", "iterate.rounds=2", "logger=wandb"]
@@ -31,6 +32,19 @@ def chain(labelled_project: Path, tmp_path_factory: pytest.TempPathFactory) -> t
     for stage in ("cam", "labels"):
         shutil.copytree(labelled_project / "runs/tiny" / stage, root / "runs/tiny" / stage)
     return root, run_train(root, *ITERATE).stdout
+
+
+def test_a_round_with_the_torch_crf_relabels_as_pydensecrf_does(chain: tuple[Path, str]) -> None:
+    """Round 1 again with crf.backend=torch: the same segmenter (same seed), and its relabelling agrees with the
+    pydensecrf round's store."""
+    root, _ = chain
+    run_train(root, *ROUNDS, "stage=round", "round=1", "crf.backend=torch", "hydra.run.dir=runs/tiny/round-1-torch")
+    reference, ours = read_summary(root / "runs/tiny/round-1"), read_summary(root / "runs/tiny/round-1-torch")
+    assert LabelStore(root / "runs/tiny/round-1-torch/store").manifest()["producer"]["settings"]["backend"] == "torch"
+    assert ours["val"] == reference["val"]
+    stores = [store_arrays(root / f"runs/tiny/{run}/store") for run in ("round-1", "round-1-torch")]
+    assert pixel_agreement(*stores) >= 0.995
+    assert abs(ours["labels"]["miou"] - reference["labels"]["miou"]) <= 0.002
 
 
 def test_each_round_is_a_hydra_job_with_its_own_dir(chain: tuple[Path, str]) -> None:

@@ -27,6 +27,12 @@ def store_arrays(store_dir: Path) -> dict[str, np.ndarray]:
     return {p.stem: store.read(p.stem) for p in sorted(store_dir.glob("*.png"))}
 
 
+def pixel_agreement(first: dict[str, np.ndarray], second: dict[str, np.ndarray]) -> float:
+    """The fraction of all pixels of two stores (of the same images) with the same label."""
+    assert first.keys() == second.keys() and first
+    return sum(int((first[k] == second[k]).sum()) for k in first) / sum(first[k].size for k in first)
+
+
 def test_labels_stage_writes_a_complete_evaluated_store(project: Path) -> None:
     run_dir = project / "runs/tiny/labels"
     summary = read_summary(run_dir)
@@ -119,3 +125,14 @@ def test_ddp_two_processes_give_the_same_store(project: Path) -> None:
     assert single.keys() == ddp.keys() and all(np.array_equal(single[k], ddp[k]) for k in single)
     assert any((labels > 0).any() for labels in single.values())  # not a trivial all-background store
     assert read_summary(run_dir)["labels"]["miou"] > 0
+
+
+def test_torch_crf_backend_gives_the_pydensecrf_store(project: Path) -> None:
+    """crf.backend=torch (here in a CRF worker process, one torch thread) through the whole labels stage."""
+    run_train(project, *LABELS, "crf.backend=torch", "hydra.run.dir=runs/tiny/labels_torch")
+    reference, ours = read_summary(project / "runs/tiny/labels"), read_summary(project / "runs/tiny/labels_torch")
+    assert (reference["settings"]["backend"], ours["settings"]["backend"]) == ("pydensecrf", "torch")
+    assert ours["crf_workers"] == 1 and ours["crf_device"] == "cpu" and ours["in_store"] == 24
+    stores = [store_arrays(project / f"runs/tiny/{run}/store") for run in ("labels", "labels_torch")]
+    assert pixel_agreement(*stores) >= 0.995
+    assert abs(ours["labels"]["miou"] - reference["labels"]["miou"]) <= 0.002

@@ -38,15 +38,18 @@ class SegmenterPrediction(pl.LightningModule):
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         probs = multiscale_flip(lambda x: self.net(x)[0].softmax(1), batch["image"], self.scales, self.flip)
-        for name, prob, raw, mask in zip(batch["name"], probs.cpu().numpy(), batch["raw"].numpy(), batch["mask"],
-                                         strict=True):  # fmt: skip
-            pred = self.segment(raw, prob)
+        raws = list(batch["raw"].numpy())
+        for name, pred, raw, mask in zip(batch["name"], self.segment(raws, probs), raws, batch["mask"], strict=True):
             write_png(self.output_dir / "masks" / f"{name}.png", pred, self.palette)
             if self.overlays:
                 write_png(self.output_dir / "overlays" / f"{name}.png", blend(raw, colorize(pred)))
             self.confusion.update(torch.from_numpy(pred).long()[None].to(self.device), mask[None].to(self.device))
 
-    def segment(self, raw: np.ndarray, prob: np.ndarray) -> np.ndarray:
+    def segment(self, raws: list[np.ndarray], probs: torch.Tensor) -> list[np.ndarray]:
+        """Class-index masks: the argmax of ``probs`` (B, C, H, W), or its dense CRF refinement (the torch backend
+        on this module's device, the batch in one call)."""
         if self.crf is None:
-            return prob.argmax(0).astype(np.uint8)
-        return crf_scores(raw, prob / prob.sum(0), self.crf.gaussian, self.crf.bilateral, self.crf.iterations)
+            return list(probs.argmax(1).to(torch.uint8).cpu().numpy())
+        crf = self.crf
+        probs = list(probs / probs.sum(1, keepdim=True))
+        return crf_scores(raws, probs, crf.gaussian, crf.bilateral, crf.iterations, crf.backend, self.device)

@@ -79,13 +79,16 @@ def make_labels(cfg: DictConfig, trainer: pl.Trainer, datamodule: WSSSDataModule
         store.open(_producer(job, data, datamodule), overwrite, job.checkpoint)
     trainer.strategy.barrier()
     todo = data.names if overwrite else store.missing(data.names)
-    workers = default_workers() if cfg.crf.workers is None else int(cfg.crf.workers)
-    if isinstance(trainer.accelerator, CPUAccelerator):
+    on_cpu = isinstance(trainer.accelerator, CPUAccelerator)
+    # The torch CRF on an accelerator runs on the device right after the scores: no worker processes.
+    device = None if on_cpu or job.settings.backend != "torch" else trainer.strategy.root_device
+    workers = 0 if device is not None else default_workers() if cfg.crf.workers is None else int(cfg.crf.workers)
+    if on_cpu:
         # Score inference and the CRF workers share the cores: give torch what the workers leave.
         torch.set_num_threads(max(1, default_workers() - workers))
     timings: dict[str, float] = {}
     writer = LabelWriter(store, data.root / "JPEGImages", job.settings, workers, cfg.labels.on_error, len(todo),
-                         progress=trainer.is_global_zero)  # fmt: skip
+                         progress=trainer.is_global_zero, device=device, batch_size=cfg.crf.batch_size)  # fmt: skip
     inference = CAMInference(load_cam_network(job.checkpoint), job.scales, job.flip, [job.settings.threshold],
                              len(VOC_CLASSES), keep=cfg.labels.overlays, writer=writer, source=job.source)  # fmt: skip
     with timed(timings, "label_s"):
@@ -109,7 +112,8 @@ def make_labels(cfg: DictConfig, trainer: pl.Trainer, datamodule: WSSSDataModule
         log.info("label mIoU %.4f, %.1f%% of pixels ignored", evaluation["miou"], 100 * evaluation["ignored_fraction"])
         _log(trainer, evaluation, inference, store, data, Path(cfg.paths.output_dir))
     return {"store": str(store.root), **counts, "labels": evaluation, "crf_workers": workers,
-            "torch_threads": torch.get_num_threads(), "timings": timings}  # fmt: skip
+            "crf_device": str(device or "cpu"), "torch_threads": torch.get_num_threads(),
+            "timings": timings}  # fmt: skip
 
 
 def _gather_skipped(skipped: dict[str, str]) -> dict[str, str]:
