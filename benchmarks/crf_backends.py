@@ -38,12 +38,18 @@ IRN = {"threshold": 0.3, "confident": None, "gt_prob": 0.7, "gaussian": {"sxy": 
 Problem = tuple[np.ndarray, np.ndarray, np.ndarray]  # image, CAMs (K, H, W), class indices (K,)
 
 
-def voc_size_problems() -> list[Problem]:
+def voc_size_problems(root: Path) -> list[Problem]:
+    """The photos as VOC-size JPEGs in ``root``/JPEGImages (read back, so that every row sees the same pixels as
+    the labels stage's workers, which read the JPEGs), each with 2-5 labels of scores; the files are <index>.jpg."""
+    (root / "JPEGImages").mkdir(parents=True)
     problems = []
     for photo in PHOTOS:
         image = cv2.resize(getattr(skimage.data, photo)()[..., :3], (500, 375), interpolation=cv2.INTER_AREA)
         for labels in (2, 3, 4, 5):
-            problems.append((image, *cam_like_scores(image, labels - 1, seed=labels)))
+            path = root / "JPEGImages" / f"{len(problems)}.jpg"
+            Image.fromarray(image).save(path, quality=95)
+            decoded = np.array(Image.open(path).convert("RGB"))
+            problems.append((decoded, *cam_like_scores(decoded, labels - 1, seed=labels)))
     return problems
 
 
@@ -77,9 +83,6 @@ def in_memory(problems: list[Problem], settings: LabelSettings, device: str = "c
 
 def pooled(problems: list[Problem], settings: LabelSettings, workers: int, root: Path) -> Callable:
     """The labels stage's writer: worker processes read each JPEG, refine and write the PNG."""
-    (root / "JPEGImages").mkdir(parents=True, exist_ok=True)
-    for index, (image, _, _) in enumerate(problems):
-        Image.fromarray(image).save(root / "JPEGImages" / f"{index}.jpg", quality=100)
 
     def run() -> list[np.ndarray]:
         store = LabelStore(root / f"store-{settings.backend}")
@@ -152,22 +155,23 @@ def main() -> None:
     parser.add_argument("--synthetic", type=int, default=40, help="synthetic images for the store mIoU (0: skip)")
     args = parser.parse_args()
     cores = len(os.sched_getaffinity(0))
-    problems = voc_size_problems()
-    device = torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU"
-    print(f"{len(problems)} VOC-size problems ({len(PHOTOS)} photos x 2-5 labels), {cores} cores, {device}\n")
     with tempfile.TemporaryDirectory() as tmp:
+        problems = voc_size_problems(Path(tmp))
         rows = [row for unary in ("label", "softmax") for row in backend_rows(problems, unary, cores, Path(tmp),
                                                                                 args.repeats)]  # fmt: skip
+    stores = synthetic_store_miou(args.synthetic) if args.synthetic else []
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU"
+    print(f"\n{len(problems)} VOC-size problems ({len(PHOTOS)} photos x 2-5 labels), {cores} cores, {device}\n")
     print("| unary | backend | how | images/s | vs pydensecrf 1 process | agree with pydensecrf |")
     print("|---|---|---|---|---|---|")
     for unary, backend, how, rate, agree in rows:
         base = next(row[3] for row in rows if row[0] == unary)
         print(f"| {unary} | {backend} | {how} | {rate:.2f} | {rate / base:.2f}x | {100 * agree:.3f}% |")
-    if args.synthetic:
+    if stores:
         print(f"\nLabel mIoU on {args.synthetic} synthetic 448 x 448 images (scores: blurred GT masks):\n")
         print("| unary | pydensecrf | torch | difference (points) |")
         print("|---|---|---|---|")
-        for unary, reference, torch_miou in synthetic_store_miou(args.synthetic):
+        for unary, reference, torch_miou in stores:
             print(f"| {unary} | {reference:.2f} | {torch_miou:.2f} | {torch_miou - reference:+.3f} |")
 
 
