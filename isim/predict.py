@@ -13,6 +13,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader, Dataset
 
+from isim.crf import check_backend
 from isim.data import IGNORE_INDEX, VOC_CLASSES, VOCDataset
 from isim.data.datamodule import collate
 from isim.data.transforms import eval_transform
@@ -83,8 +84,11 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
     start = time.perf_counter()
     output_dir = Path(cfg.paths.output_dir)
     paths, masks = inputs(cfg)  # checked before the (slower) model load
-    prediction = SegmenterPrediction(load_segmenter(Path(cfg.ckpt_path)), cfg.scales, cfg.flip, output_dir,
-                                     cfg.crf if cfg.postprocess_crf else None, cfg.overlays)  # fmt: skip
+    crf = cfg.crf if cfg.postprocess_crf else None
+    if crf is not None:
+        check_backend(crf.backend)
+    prediction = SegmenterPrediction(load_segmenter(Path(cfg.ckpt_path)), cfg.scales, cfg.flip, output_dir, crf,
+                                     cfg.overlays)  # fmt: skip
     loader = DataLoader(InferenceImages(paths, masks, cfg.data.mean, cfg.data.std), batch_size=cfg.batch_size,
                         num_workers=cfg.data.num_workers, collate_fn=collate)  # fmt: skip
     trainer = build_trainer(cfg, max_epochs=1)

@@ -88,7 +88,12 @@ def run_train(root: Path, *overrides: str, check: bool = True, timeout: int = 60
 
 
 def read_summary(run_dir: Path) -> dict:
-    return json.loads((run_dir / "summary.json").read_text())
+    """A stage's summary.json, parsed strictly: a bare NaN or Infinity (not JSON) fails the test."""
+    return json.loads((run_dir / "summary.json").read_text(), parse_constant=refuse_non_json)
+
+
+def refuse_non_json(constant: str) -> None:
+    raise AssertionError(f"{constant} is not JSON; summaries must be strict JSON (null for a missing value)")
 
 
 def copy_data_with_subset(project: Path, root: Path, split: str, count: int) -> Path:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
@@ -14,7 +13,7 @@ import pytest
 from PIL import Image
 
 from isim.crf import BACKENDS
-from tests.conftest import ROOT, TINY, copy_data_with_subset, run_train
+from tests.conftest import ROOT, TINY, copy_data_with_subset, read_summary, run_train
 
 DATA = [o for o in TINY if o.startswith("data.synthetic.")]
 
@@ -44,7 +43,7 @@ def test_infer_on_a_folder_writes_a_palette_mask_per_image(segmenter: Path, tmp_
     assert [m.stem for m in masks] == ["p0", "p1"]
     mask = Image.open(masks[1])
     assert mask.mode == "P" and mask.size == (50, 75) and np.array(mask).max() < 21
-    summary = json.loads((tmp_path / "runs/tiny/infer/summary.json").read_text())
+    summary = read_summary(tmp_path / "runs/tiny/infer")
     assert summary["images"] == 2 and "eval" not in summary and summary["crf"] is True
     assert len(list((tmp_path / "runs/tiny/infer/overlays").glob("*.png"))) == 2
 
@@ -53,7 +52,7 @@ def test_infer_on_a_voc_split_reports_miou(segmenter: Path, labelled_project: Pa
     shutil.copytree(labelled_project / "data", tmp_path / "data")
     result = run_infer(tmp_path, f"ckpt_path={segmenter}", "split=val", "batch_size=4", "scales=[1.0]")
     assert result.returncode == 0, result.stderr[-2000:]
-    summary = json.loads((tmp_path / "runs/tiny/infer/summary.json").read_text())
+    summary = read_summary(tmp_path / "runs/tiny/infer")
     assert summary["images"] == 8 and 0 <= summary["eval"]["miou"] <= 1
     assert len(list((tmp_path / "runs/tiny/infer/masks").glob("*.png"))) == 8
 
@@ -69,7 +68,7 @@ def test_infer_crf_post_processing_backends_agree(segmenter: Path, labelled_proj
                            f"hydra.run.dir={run_dir}")  # fmt: skip
         assert result.returncode == 0, result.stderr[-2000:]
         masks = {path.name: np.array(Image.open(path)) for path in (run_dir / "masks").glob("*.png")}
-        runs[backend] = masks, json.loads((run_dir / "summary.json").read_text())["eval"]["miou"]
+        runs[backend] = masks, read_summary(run_dir)["eval"]["miou"]
     (reference, reference_miou), (ours, miou) = runs["pydensecrf"], runs["torch"]
     assert len(ours) == 8 and ours.keys() == reference.keys()
     same = sum(int((ours[k] == reference[k]).sum()) for k in ours) / sum(m.size for m in ours.values())
@@ -87,7 +86,7 @@ def test_infer_under_ddp_equals_one_process(segmenter: Path, labelled_project: P
                            f"hydra.run.dir={run_dir}")  # fmt: skip
         assert result.returncode == 0, result.stderr[-2000:]
         masks = {path.name: np.array(Image.open(path)) for path in (run_dir / "masks").glob("*.png")}
-        runs[trainer] = masks, json.loads((run_dir / "summary.json").read_text())
+        runs[trainer] = masks, read_summary(run_dir)
     (single_masks, single), (ddp_masks, ddp) = runs["cpu"], runs["ddp_cpu"]
     assert sorted(ddp_masks) == sorted(f"{name}.png" for name in seven.read_text().split())
     assert all(np.array_equal(ddp_masks[name], single_masks[name]) for name in single_masks)
@@ -101,6 +100,9 @@ def test_infer_bad_inputs_are_one_line_errors(labelled_project: Path, tmp_path: 
     Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(tmp_path / "photos/a.jpg")
     result = run_infer(tmp_path, f"ckpt_path={classifier}", f"input={tmp_path}/photos")
     assert result.returncode == 2 and "is not a segmenter checkpoint" in result.stderr
+    result = run_infer(tmp_path, f"ckpt_path={classifier}", f"input={tmp_path}/photos", "postprocess_crf=true",
+                       "crf.backend=cuda")  # fmt: skip
+    assert result.returncode == 2 and "crf.backend='cuda' is unknown; use one of pydensecrf, torch" in result.stderr
     result = run_infer(tmp_path, f"ckpt_path={tmp_path}/none.ckpt", f"input={tmp_path}/photos")
     assert result.returncode == 2 and "none.ckpt not found" in result.stderr
     (tmp_path / "empty").mkdir()

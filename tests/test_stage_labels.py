@@ -67,6 +67,11 @@ def test_store_of_other_settings_is_refused_unless_overwritten(project: Path) ->
     assert LabelStore(project / "runs/tiny/labels/store").manifest()["producer"]["settings"]["gt_prob"] == 0.7
 
 
+def test_unknown_crf_backend_is_one_line(project: Path) -> None:
+    result = run_train(project, *LABELS, "crf.backend=densecrf", check=False)
+    assert result.returncode == 2 and "crf.backend='densecrf' is unknown; use one of pydensecrf, torch" in result.stderr
+
+
 def test_killed_run_resumes_to_the_same_complete_store(project: Path, tmp_path: Path) -> None:
     shutil.copytree(project / "runs/tiny/cam", tmp_path / "runs/tiny/cam")
     shutil.copytree(project / "data", tmp_path / "data")
