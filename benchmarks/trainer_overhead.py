@@ -24,7 +24,7 @@ from omegaconf import open_dict
 from isim.data import VOC_CLASSES, WSSSDataModule
 from isim.modules.segmenter import SegmenterModule, joint_loss
 from isim.optim import sgd_poly
-from isim.stages.common import build_trainer
+from isim.stages.common import build_datamodule, build_trainer
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -83,7 +83,7 @@ def main() -> None:
     output = Path("runs/benchmarks/trainer_overhead").resolve()
     with open_dict(cfg):
         cfg.paths.root_dir, cfg.paths.output_dir = str(Path.cwd()), str(output)
-    datamodule: WSSSDataModule = instantiate(cfg.data)
+    datamodule = build_datamodule(cfg)
     datamodule.prepare_data()
     images = len(datamodule.split(datamodule.train_split)) // cfg.data.batch_size * cfg.data.batch_size
     results: dict[str, list[float]] = {"hand-written loop": [], "Lightning Trainer": []}

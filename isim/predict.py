@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,7 @@ from torch.utils.data import DataLoader, Dataset
 from isim.crf import check_backend
 from isim.data import IGNORE_INDEX, VOC_CLASSES, VOCDataset
 from isim.data.datamodule import collate
-from isim.data.transforms import eval_transform
+from isim.data.transforms import eval_transform, input_normalization
 from isim.data.voc import open_image
 from isim.errors import IsimError
 from isim.io import write_json
@@ -34,7 +35,9 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp"}
 class InferenceImages(Dataset):
     """Images to segment: {"name", "image", "raw", "mask"} (mask all 255 without GT)."""
 
-    def __init__(self, paths: list[Path], masks: list[Path | None], mean: list[float], std: list[float]) -> None:
+    def __init__(
+        self, paths: list[Path], masks: list[Path | None], mean: Sequence[float], std: Sequence[float]
+    ) -> None:
         self.paths, self.masks, self.transform = paths, masks, eval_transform(mean, std)
 
     def __len__(self) -> int:
@@ -87,9 +90,10 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
     crf = cfg.crf if cfg.postprocess_crf else None
     if crf is not None:
         check_backend(crf.backend)
-    prediction = SegmenterPrediction(load_segmenter(Path(cfg.ckpt_path)), cfg.scales, cfg.flip, output_dir, crf,
-                                     cfg.overlays)  # fmt: skip
-    loader = DataLoader(InferenceImages(paths, masks, cfg.data.mean, cfg.data.std), batch_size=cfg.batch_size,
+    net = load_segmenter(Path(cfg.ckpt_path))
+    prediction = SegmenterPrediction(net, cfg.scales, cfg.flip, output_dir, crf, cfg.overlays)
+    mean, std = input_normalization(cfg.data.mean, cfg.data.std, net.backbone_name)
+    loader = DataLoader(InferenceImages(paths, masks, mean, std), batch_size=cfg.batch_size,
                         num_workers=cfg.data.num_workers, collate_fn=collate)  # fmt: skip
     trainer = build_trainer(cfg, max_epochs=1)
     trainer.predict(prediction, dataloaders=loader, return_predictions=False)

@@ -82,8 +82,8 @@ class WSSSDataModule(pl.LightningDataModule):
         crop_size: int = 512,
         resize_long: Sequence[int] = (320, 640),
         color_jitter: float = 0.3,
-        mean: Sequence[float] = IMAGENET_MEAN,
-        std: Sequence[float] = IMAGENET_STD,
+        mean: Sequence[float] | None = None,  # None: ImageNet's; the stages pass model.backbone's own
+        std: Sequence[float] | None = None,
         synthetic: dict[str, int] | None = None,
         labels: str = "gt",
     ) -> None:
@@ -91,8 +91,9 @@ class WSSSDataModule(pl.LightningDataModule):
         self.root = Path(root)
         self.name, self.train_split, self.val_split, self.mask_dir = name, train_split, val_split, mask_dir
         self.batch_size, self.eval_batch_size, self.num_workers = batch_size, eval_batch_size, num_workers
-        self.train_tf = train_transform(crop_size, resize_long, color_jitter, mean, std)
-        self.eval_tf = eval_transform(mean, std)
+        self.mean, self.std = tuple(mean or IMAGENET_MEAN), tuple(std or IMAGENET_STD)
+        self.train_tf = train_transform(crop_size, resize_long, color_jitter, self.mean, self.std)
+        self.eval_tf = eval_transform(self.mean, self.std)
         self.synthetic = SyntheticSpec(**synthetic) if synthetic is not None else None
         self.labels = labels  # training masks: "gt" (mask_dir) or a label-store directory
         if self.synthetic is None and not self.root.is_dir():

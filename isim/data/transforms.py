@@ -6,11 +6,22 @@ from collections.abc import Sequence
 
 import albumentations as A
 from albumentations.pytorch import ToTensorV2
+from timm.models import get_pretrained_cfg
 
 from isim.data.classes import IGNORE_INDEX
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def input_normalization(mean: Sequence[float] | None, std: Sequence[float] | None,
+                        backbone: str) -> tuple[tuple[float, ...], tuple[float, ...]]:  # fmt: skip
+    """``mean`` and ``std`` where given (data.mean, data.std), else what ``backbone``'s pretrained weights expect:
+    timm's pretrained config (e.g. 0.5 / 0.5 for tf_efficientnet_*), ImageNet's where timm has none."""
+    pretrained = get_pretrained_cfg(backbone, allow_unregistered=True)
+    known = pretrained is not None and pretrained.mean
+    own_mean, own_std = (pretrained.mean, pretrained.std) if known else (IMAGENET_MEAN, IMAGENET_STD)
+    return tuple(mean if mean is not None else own_mean), tuple(std if std is not None else own_std)
 
 
 def train_transform(

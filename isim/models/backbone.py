@@ -8,6 +8,7 @@ import timm
 from torch import nn
 
 from isim.errors import IsimError
+from isim.models.weights import from_hub, load_backbone_weights
 
 
 def check_backbone(name: str) -> None:
@@ -18,22 +19,23 @@ def check_backbone(name: str) -> None:
         raise IsimError(f"model.backbone={name!r} is not a timm model; {hint}")
 
 
-def create_backbone(name: str, pretrained: bool, output_stride: int = 16) -> nn.Module:
-    """The deepest feature map of timm model ``name`` at 1/``output_stride`` of the input size."""
+def create_backbone(name: str, pretrained: bool | str, output_stride: int = 16) -> nn.Module:
+    """The deepest feature map of timm model ``name`` at 1/``output_stride`` of the input size, with weights from
+    the timm hub (``pretrained=True``), none, or a local file (a path: :mod:`isim.models.weights`)."""
     check_backbone(name)
-    try:
+
+    def build() -> nn.Module:
         return timm.create_model(
-            name, pretrained=pretrained, features_only=True, out_indices=(-1,), output_stride=output_stride
+            name, pretrained=pretrained is True, features_only=True, out_indices=(-1,), output_stride=output_stride
         )
-    except (OSError, RuntimeError) as error:
-        if pretrained:
-            raise IsimError(
-                f"cannot load pretrained weights for model.backbone={name!r} ({error}); "
-                "set model.pretrained=false or make the weights available offline"
-            ) from None
-        raise
+
+    try:
+        features = from_hub(name, build)
     except (TypeError, AssertionError, ValueError) as error:
         raise IsimError(
             f"model.backbone={name!r} cannot run at model.output_stride={output_stride} ({error}); "
             "try output_stride 32 or a ResNet-like backbone"
         ) from None
+    if isinstance(pretrained, str):
+        load_backbone_weights(features, pretrained, name)
+    return features

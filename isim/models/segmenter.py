@@ -14,22 +14,32 @@ from torch import nn
 
 from isim.errors import IsimError
 from isim.models.backbone import check_backbone
+from isim.models.weights import from_hub, load_backbone_weights
 
 DILATED_DECODERS = {"deeplabv3", "deeplabv3plus"}  # the SMP decoders that take an encoder output stride
 
 
 class Segmenter(nn.Module):
-    def __init__(self, backbone: str, num_classes: int, decoder: str = "deeplabv3plus", pretrained: bool = True,
+    def __init__(self, backbone: str, num_classes: int, decoder: str = "deeplabv3plus", pretrained: bool | str = True,
                  output_stride: int = 16) -> None:  # fmt: skip
+        """``pretrained``: the encoder's weights from the timm hub (True), none (False) or a local file (a path)."""
         super().__init__()
         check_backbone(backbone)
+        self.backbone_name = backbone  # what infer.py normalises its inputs for
         extra = {"encoder_output_stride": output_stride} if decoder.lower() in DILATED_DECODERS else {}
-        weights = "imagenet" if pretrained else None
+        weights = "imagenet" if pretrained is True else None
+
+        def build() -> nn.Module:
+            return smp.create_model(
+                decoder, encoder_name=f"tu-{backbone}", encoder_weights=weights, classes=num_classes, **extra
+            )
+
         try:
-            self.model = smp.create_model(decoder, encoder_name=f"tu-{backbone}", encoder_weights=weights,
-                                          classes=num_classes, **extra)  # fmt: skip
+            self.model = from_hub(backbone, build)
         except KeyError as error:
             raise IsimError(f"model.decoder={decoder!r} is not an SMP architecture ({error})") from None
+        if isinstance(pretrained, str):
+            load_backbone_weights(self.model.encoder.model, pretrained, backbone)
         self.head = nn.Conv2d(self.model.encoder.out_channels[-1], num_classes - 1, 1, bias=False)
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

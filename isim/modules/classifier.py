@@ -20,7 +20,7 @@ class ClassifierModule(pl.LightningModule):
         self,
         backbone: str,
         num_classes: int,
-        pretrained: bool = True,
+        pretrained: bool | str = True,
         output_stride: int = 16,
         lr: float = 0.1,
         head_lr_mult: float = 10.0,

@@ -41,7 +41,7 @@ def joint_loss(
 class SegmenterModule(pl.LightningModule):
     """Joint training of :class:`~isim.models.segmenter.Segmenter`; validation mIoU against GT masks."""
 
-    def __init__(self, backbone: str, num_classes: int, decoder: str = "deeplabv3plus", pretrained: bool = True,
+    def __init__(self, backbone: str, num_classes: int, decoder: str = "deeplabv3plus", pretrained: bool | str = True,
                  output_stride: int = 16, lr: float = 0.01, head_lr_mult: float = 10.0, momentum: float = 0.9,
                  weight_decay: float = 1e-4, poly_power: float = 0.9, seg_weight: float = 1.0,
                  cls_weight: float = 1.0) -> None:  # fmt: skip

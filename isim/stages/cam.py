@@ -16,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from isim.data import VOC_CLASSES, VOCDataset, WSSSDataModule
 from isim.metrics import labels_from_cams, mean_iou, sweep_report
 from isim.modules import CAMInference, ClassifierModule
-from isim.stages.common import build_trainer, finish, log_results, resume_checkpoint, timed
+from isim.stages.common import build_datamodule, build_trainer, finish, log_results, resume_checkpoint, timed
 from isim.visualize import overlay_strip
 
 log = logging.getLogger(__name__)
@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 def run(cfg: DictConfig) -> dict[str, Any]:
     start = time.perf_counter()
     output_dir = Path(cfg.paths.output_dir)
-    datamodule: WSSSDataModule = instantiate(cfg.data)
+    datamodule = build_datamodule(cfg)
     trainer = build_trainer(cfg, max_epochs=cfg.cam.max_epochs, datamodule=datamodule)
     timings: dict[str, float] = {}
     with timed(timings, "train_s"):
@@ -40,7 +40,14 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     summary = {
         "stage": "cam",
         "name": cfg.name,
-        "data": {"name": datamodule.name, "root": str(datamodule.root), "split": cfg.cam.split, "images": images},
+        "data": {
+            "name": datamodule.name,
+            "root": str(datamodule.root),
+            "split": cfg.cam.split,
+            "images": images,
+            "mean": list(datamodule.mean),  # the input normalisation: data.mean/std, or the backbone's
+            "std": list(datamodule.std),
+        },
         "model": {
             "backbone": hparams.backbone,
             "output_stride": hparams.output_stride,

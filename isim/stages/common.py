@@ -21,10 +21,18 @@ from pytorch_lightning.accelerators import CPUAccelerator
 from pytorch_lightning.loggers import WandbLogger
 
 from isim.data import WSSSDataModule
+from isim.data.transforms import input_normalization
 from isim.errors import IsimError, brief
 from isim.io import write_json, write_png
 
 log = logging.getLogger(__name__)
+
+
+def build_datamodule(cfg: DictConfig, **overrides: Any) -> WSSSDataModule:
+    """The configured data, its inputs normalised as model.backbone's weights expect unless data.mean / data.std
+    are set."""
+    mean, std = input_normalization(cfg.data.mean, cfg.data.std, cfg.model.backbone)
+    return instantiate(cfg.data, mean=list(mean), std=list(std), **overrides)
 
 
 def build_trainer(cfg: DictConfig, max_epochs: int, datamodule: WSSSDataModule | None = None) -> pl.Trainer:

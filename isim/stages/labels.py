@@ -13,7 +13,6 @@ from typing import Any
 import numpy as np
 import pytorch_lightning as pl
 import torch
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.accelerators import CPUAccelerator
 from tqdm import tqdm
@@ -26,7 +25,7 @@ from isim.models.segmenter import Segmenter
 from isim.modules import CAMInference
 from isim.modules.checkpoint import load_network
 from isim.pseudo_labels import LabelSettings, LabelStore, LabelWriter, default_workers, settings_from_config
-from isim.stages.common import build_trainer, finish, log_results, timed
+from isim.stages.common import build_datamodule, build_trainer, finish, log_results, timed
 from isim.visualize import overlay_strip
 
 log = logging.getLogger(__name__)
@@ -38,7 +37,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     checkpoint = cam_network_checkpoint(cfg)
     cam_summary = cam_stage_summary(cfg)
     settings = settings_from_config(cfg.crf, background_threshold(cfg, cam_summary), cfg.labels.confident)
-    datamodule: WSSSDataModule = instantiate(cfg.data)
+    datamodule = build_datamodule(cfg)
     datamodule.prepare_data()
     data = datamodule.split(cfg.labels.split, check_images=cfg.labels.on_error == "raise")
     trainer = build_trainer(cfg, max_epochs=1)

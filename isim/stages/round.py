@@ -7,13 +7,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from isim.data import WSSSDataModule
 from isim.errors import IsimError
 from isim.pseudo_labels import LabelStore, settings_from_config
-from isim.stages.common import build_trainer, finish, timed
+from isim.stages.common import build_datamodule, build_trainer, finish, timed
 from isim.stages.labels import LabelJob, make_labels
 from isim.stages.seg import train_segmenter
 
@@ -23,7 +21,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     k = round_number(cfg)
     output_dir = Path(cfg.paths.output_dir)
     previous_store, warm_start = previous_round(cfg, k)
-    datamodule: WSSSDataModule = instantiate(cfg.data, labels=str(previous_store))
+    datamodule = build_datamodule(cfg, labels=str(previous_store))
     datamodule.prepare_data()
     trainer = build_trainer(cfg, max_epochs=cfg.iterate.epochs_per_round, datamodule=datamodule)
     timings: dict[str, float] = {}

@@ -16,7 +16,7 @@ from isim.data import VOC_CLASSES, WSSSDataModule
 from isim.errors import IsimError, brief
 from isim.modules import SegmenterModule
 from isim.pseudo_labels import LabelStore
-from isim.stages.common import build_trainer, finish, resume_checkpoint, timed
+from isim.stages.common import build_datamodule, build_trainer, finish, resume_checkpoint, timed
 
 log = logging.getLogger(__name__)
 
@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 def run(cfg: DictConfig) -> dict[str, Any]:
     start = time.perf_counter()
     output_dir = Path(cfg.paths.output_dir)
-    datamodule: WSSSDataModule = instantiate(cfg.data)
+    datamodule = build_datamodule(cfg)
     datamodule.prepare_data()
     trainer = build_trainer(cfg, max_epochs=cfg.seg.max_epochs, datamodule=datamodule)
     timings: dict[str, float] = {}
@@ -50,7 +50,9 @@ def train_segmenter(cfg: DictConfig, datamodule: WSSSDataModule, trainer: pl.Tra
     weights when given. Returns it with its last validation mIoU and per-class IoU."""
     if datamodule.labels != "gt":
         check_store(LabelStore(datamodule.labels), datamodule.split(datamodule.train_split).names)
-    module: SegmenterModule = instantiate(cfg.model.segmenter, num_classes=len(VOC_CLASSES))
+    # A warm start replaces the encoder's weights: never ask the hub (or a file) for them first.
+    weights = {"pretrained": False} if warm_start is not None else {}
+    module: SegmenterModule = instantiate(cfg.model.segmenter, num_classes=len(VOC_CLASSES), **weights)
     resume = resume_checkpoint(cfg.ckpt_path, output_dir, dict(module.hparams))
     if resume is None and warm_start is not None:
         load_weights(module, warm_start)
