@@ -33,8 +33,14 @@ from isim.metrics import confusion_matrix, mean_iou
 from isim.pseudo_labels import LabelSettings, LabelStore, LabelWriter, pseudo_labels
 
 PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "immunohistochemistry", "hubble_deep_field")
-IRN = {"threshold": 0.3, "confident": None, "gt_prob": 0.7, "gaussian": {"sxy": 3, "compat": 3},
-       "bilateral": {"sxy": 50, "srgb": 5, "compat": 10}, "iterations": 10}  # fmt: skip
+IRN = {
+    "threshold": 0.3,
+    "confident": None,
+    "gt_prob": 0.7,
+    "gaussian": {"sxy": 3, "compat": 3},
+    "bilateral": {"sxy": 50, "srgb": 5, "compat": 10},
+    "iterations": 10,
+}
 Problem = tuple[np.ndarray, np.ndarray, np.ndarray]  # image, CAMs (K, H, W), class indices (K,)
 
 
@@ -122,8 +128,10 @@ def synthetic_store_miou(images: int) -> list[tuple[str, float, float]]:
         scores = []
         for backend in ("pydensecrf", "torch"):
             labels = in_memory(problems, LabelSettings(unary=unary, backend=backend, **IRN))()
-            confusion = sum(confusion_matrix(torch.from_numpy(label), mask, len(VOC_CLASSES))
-                            for label, mask in zip(labels, masks, strict=True))  # fmt: skip
+            confusion = sum(
+                confusion_matrix(torch.from_numpy(label), mask, len(VOC_CLASSES))
+                for label, mask in zip(labels, masks, strict=True)
+            )
             scores.append(100 * mean_iou(confusion))
         rows.append((unary, *scores))
     return rows
@@ -157,8 +165,11 @@ def main() -> None:
     cores = len(os.sched_getaffinity(0))
     with tempfile.TemporaryDirectory() as tmp:
         problems = voc_size_problems(Path(tmp))
-        rows = [row for unary in ("label", "softmax") for row in backend_rows(problems, unary, cores, Path(tmp),
-                                                                                args.repeats)]  # fmt: skip
+        rows = [
+            row
+            for unary in ("label", "softmax")
+            for row in backend_rows(problems, unary, cores, Path(tmp), args.repeats)
+        ]
     stores = synthetic_store_miou(args.synthetic) if args.synthetic else []
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU"
     print(f"\n{len(problems)} VOC-size problems ({len(PHOTOS)} photos x 2-5 labels), {cores} cores, {device}\n")

@@ -30,8 +30,9 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore", "WANDB_
 def launch(workdir: Path, *overrides: str) -> tuple[subprocess.Popen, Path]:
     """Start train.py in ``workdir``; the process and its run dir."""
     command = [sys.executable, str(ROOT / "train.py"), *overrides, "logger=csv", "trainer.enable_progress_bar=false"]
-    process = subprocess.Popen(command, cwd=workdir, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                               text=True)  # fmt: skip
+    process = subprocess.Popen(
+        command, cwd=workdir, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
     run_dir = next(arg.split("=", 1)[1] for arg in overrides if arg.startswith("hydra.run.dir="))
     return process, workdir / run_dir
 
@@ -52,20 +53,36 @@ def labels_rate(workdir: Path, common: list[str], trainer: str, half: Path, imag
     """Labelling images/s: the whole split minus its first half."""
     seconds = []
     for index, split in enumerate((half, "train")):
-        summary = train(workdir, *common, "stage=labels", f"trainer={trainer}", f"labels.split={split}",
-                        "labels.overwrite=true", f"hydra.run.dir=runs/bench/labels_{trainer}_{index}")  # fmt: skip
+        summary = train(
+            workdir,
+            *common,
+            "stage=labels",
+            f"trainer={trainer}",
+            f"labels.split={split}",
+            "labels.overwrite=true",
+            f"hydra.run.dir=runs/bench/labels_{trainer}_{index}",
+        )
         seconds.append(summary["timings"]["label_s"])
     return (images - images // 2) / (seconds[1] - seconds[0])
 
 
-def training_rate(workdir: Path, seg: list[str], trainer: str, batch: int, copies: int, epochs: int,
-                  images: int) -> float:  # fmt: skip
+def training_rate(
+    workdir: Path, seg: list[str], trainer: str, batch: int, copies: int, epochs: int, images: int
+) -> float:
     """Training images/s summed over ``copies`` runs at once, each with global batch ``batch``."""
     seconds = {}
     for n in (1, epochs):
-        runs = [launch(workdir, *seg, f"trainer={trainer}", f"data.batch_size={batch}", f"seg.max_epochs={n}",
-                       f"hydra.run.dir=runs/bench/seg_{trainer}_{copies}_{copy}_{n}")
-                for copy in range(copies)]  # fmt: skip
+        runs = [
+            launch(
+                workdir,
+                *seg,
+                f"trainer={trainer}",
+                f"data.batch_size={batch}",
+                f"seg.max_epochs={n}",
+                f"hydra.run.dir=runs/bench/seg_{trainer}_{copies}_{copy}_{n}",
+            )
+            for copy in range(copies)
+        ]
         seconds[n] = [finish(*run)["timings"]["train_s"] for run in runs]
     return sum(images * (epochs - 1) / (long - short) for short, long in zip(seconds[1], seconds[epochs], strict=True))
 
@@ -78,8 +95,15 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2, help="measurements per configuration (median)")
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="isim-ddp-"))
-    common = [f"data.synthetic.num_train={args.images}", "data.synthetic.num_val=16", "data.num_workers=0",
-              "crf.workers=1", "cam.max_epochs=1", "cam.scales=[1.0,2.0]", "name=bench"]  # fmt: skip
+    common = [
+        f"data.synthetic.num_train={args.images}",
+        "data.synthetic.num_val=16",
+        "data.num_workers=0",
+        "crf.workers=1",
+        "cam.max_epochs=1",
+        "cam.scales=[1.0,2.0]",
+        "name=bench",
+    ]
     train(workdir, *common, "stage=cam", "hydra.run.dir=runs/bench/cam")
     half = workdir / "train_half.txt"  # the first half of the train split
     names = (workdir / "data/synthetic/ImageSets/Segmentation/train.txt").read_text().split()
@@ -100,8 +124,10 @@ def main() -> None:
         for row, measure in configs.items():
             measured[row].append(measure())
             print(f"{row}: {measured[row][-1]:.2f} images/s", file=sys.stderr, flush=True)
-    print(f"\n{args.images} images of 128 px, global batch {args.batch}; each process: 1 torch thread, 1 CRF worker, "
-          f"no loader workers; median of {args.repeats}\n")  # fmt: skip
+    print(
+        f"\n{args.images} images of 128 px, global batch {args.batch}; each process: 1 torch thread, 1 CRF worker, "
+        f"no loader workers; median of {args.repeats}\n"
+    )
     print("| workload | processes | how | images/s | speed-up | efficiency |")
     print("|---|---|---|---|---|---|")
     for (workload, processes, how), rates in measured.items():

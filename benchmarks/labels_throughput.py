@@ -30,9 +30,15 @@ from isim.data.transforms import eval_transform
 from isim.models import Classifier
 from isim.pseudo_labels import LabelSettings, LabelStore, LabelWriter, label_image, pseudo_labels
 
-SETTINGS = LabelSettings(threshold=0.25, confident=None, unary="label", gt_prob=0.7,
-                         gaussian={"sxy": 3, "compat": 3}, bilateral={"sxy": 50, "srgb": 5, "compat": 10},
-                         iterations=10)  # fmt: skip
+SETTINGS = LabelSettings(
+    threshold=0.25,
+    confident=None,
+    unary="label",
+    gt_prob=0.7,
+    gaussian={"sxy": 3, "compat": 3},
+    bilateral={"sxy": 50, "srgb": 5, "compat": 10},
+    iterations=10,
+)
 
 
 def cheap_cams(data: VOCDataset) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
@@ -87,13 +93,20 @@ def pipelined(data: VOCDataset, cams: Callable, store: LabelStore, workers: int)
 def peak_rss(root: Path, images: int, workers: int) -> dict[str, float]:
     """Run the pipelined labeller over ``images`` images in a fresh process; its and its workers' peak RSS (MiB)."""
     names = [f"synthetic_{i:05d}" for i in range(images)]
-    code = (f"import json, resource; from pathlib import Path; from benchmarks.labels_throughput import *; "
-            f"data = VOCDataset(Path({str(root)!r}), 'train').subset({names!r}); "
-            f"pipelined(data, cheap_cams, LabelStore(Path({str(root)!r}) / 'rss{images}'), {workers}); "
-            f"print(json.dumps([resource.getrusage(r).ru_maxrss / 1024 for r in "
-            f"(resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)]))")  # fmt: skip
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                         cwd=Path(__file__).resolve().parents[1])  # fmt: skip
+    code = (
+        f"import json, resource; from pathlib import Path; from benchmarks.labels_throughput import *; "
+        f"data = VOCDataset(Path({str(root)!r}), 'train').subset({names!r}); "
+        f"pipelined(data, cheap_cams, LabelStore(Path({str(root)!r}) / 'rss{images}'), {workers}); "
+        f"print(json.dumps([resource.getrusage(r).ru_maxrss / 1024 for r in "
+        f"(resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)]))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=Path(__file__).resolve().parents[1],
+    )
     main, child = json.loads(out.stdout.strip().splitlines()[-1])
     return {"main": main, "worker": child}
 

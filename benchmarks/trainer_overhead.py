@@ -53,8 +53,16 @@ def by_hand(cfg, datamodule: WSSSDataModule, epochs: int) -> list[float]:
     module: SegmenterModule = instantiate(cfg.model.segmenter, num_classes=len(VOC_CLASSES))
     hp, net = module.hparams, module.net.train()
     loader = datamodule.train_dataloader()
-    config = sgd_poly(net.model.encoder.parameters(), net.heads(), hp.lr, hp.head_lr_mult, hp.momentum,
-                      hp.weight_decay, epochs * len(loader), hp.poly_power)  # fmt: skip
+    config = sgd_poly(
+        net.model.encoder.parameters(),
+        net.heads(),
+        hp.lr,
+        hp.head_lr_mult,
+        hp.momentum,
+        hp.weight_decay,
+        epochs * len(loader),
+        hp.poly_power,
+    )
     optimizer, scheduler = config["optimizer"], config["lr_scheduler"]["scheduler"]
     seconds = []
     for _ in range(epochs):
@@ -75,8 +83,13 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=2)
     args = parser.parse_args()
-    overrides = ["data.labels=gt", "+trainer.limit_val_batches=0", "callbacks=none", "logger=csv",
-                 "trainer.enable_progress_bar=false"]  # fmt: skip
+    overrides = [
+        "data.labels=gt",
+        "+trainer.limit_val_batches=0",
+        "callbacks=none",
+        "logger=csv",
+        "trainer.enable_progress_bar=false",
+    ]
     with initialize_config_dir(version_base="1.3", config_dir=str(ROOT / "conf")):
         cfg = compose("train", overrides=overrides, return_hydra_config=True)
         HydraConfig.instance().set_config(cfg)
@@ -92,9 +105,11 @@ def main() -> None:
             torch.manual_seed(0)
             results[name] += [images / seconds for seconds in loop(cfg, datamodule, args.epochs)[1:]]
     hand = statistics.median(results["hand-written loop"])
-    print(f"\nsegmenter ({cfg.model.backbone}, {cfg.model.decoder}), {images} images/epoch, batch "
-          f"{cfg.data.batch_size}, crop {cfg.data.crop_size}, torch {torch.get_num_threads()} threads; median of "
-          f"{len(results['hand-written loop'])} epochs each\n")  # fmt: skip
+    print(
+        f"\nsegmenter ({cfg.model.backbone}, {cfg.model.decoder}), {images} images/epoch, batch "
+        f"{cfg.data.batch_size}, crop {cfg.data.crop_size}, torch {torch.get_num_threads()} threads; median of "
+        f"{len(results['hand-written loop'])} epochs each\n"
+    )
     print("| loop | images/s | vs hand-written |")
     print("|---|---|---|")
     for name, rates in results.items():

@@ -20,14 +20,16 @@ SCORE_SOURCES = ("cam", "seg", "cam+seg")
 
 
 @torch.no_grad()
-def multiscale_flip(forward: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor,
-                    scales: Sequence[float], flip: bool = True) -> torch.Tensor:  # fmt: skip
+def multiscale_flip(
+    forward: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor, scales: Sequence[float], flip: bool = True
+) -> torch.Tensor:
     """Sum over scales (and horizontal flips) of ``forward(image)`` maps, each upsampled to the input size."""
     size = images.shape[-2:]
     total = images.new_zeros(())
     for scale in scales:
-        scaled = images if scale == 1 else F.interpolate(images, scale_factor=scale, mode="bilinear",
-                                                         align_corners=False)  # fmt: skip
+        scaled = (
+            images if scale == 1 else F.interpolate(images, scale_factor=scale, mode="bilinear", align_corners=False)
+        )
         maps = forward(torch.cat([scaled, scaled.flip(-1)]) if flip else scaled)
         if flip:
             maps = maps[: len(images)] + maps[len(images) :].flip(-1)
@@ -35,8 +37,9 @@ def multiscale_flip(forward: Callable[[torch.Tensor], torch.Tensor], images: tor
     return total
 
 
-def multiscale_cams(model: Classifier, images: torch.Tensor, scales: Sequence[float] = (1.0, 0.5, 1.5, 2.0),
-                    flip: bool = True) -> torch.Tensor:  # fmt: skip
+def multiscale_cams(
+    model: Classifier, images: torch.Tensor, scales: Sequence[float] = (1.0, 0.5, 1.5, 2.0), flip: bool = True
+) -> torch.Tensor:
     """Sum over scales (and horizontal flips) of ReLU'd CAMs upsampled to the input size: (B, C, H, W)."""
     return multiscale_flip(lambda batch: F.relu(model.cam(batch)), images, scales, flip)
 
@@ -47,8 +50,9 @@ def normalize_cams(cams: torch.Tensor, labels: torch.Tensor, eps: float = 1e-5) 
     return cams / (cams.amax((2, 3), keepdim=True) + eps)
 
 
-def segmenter_probs(model: Segmenter, images: torch.Tensor, labels: torch.Tensor, scales: Sequence[float] = (1.0,),
-                    flip: bool = True) -> torch.Tensor:  # fmt: skip
+def segmenter_probs(
+    model: Segmenter, images: torch.Tensor, labels: torch.Tensor, scales: Sequence[float] = (1.0,), flip: bool = True
+) -> torch.Tensor:
     """The segmenter's softmax over background and the image's own classes, foreground part: (B, C, H, W).
 
     Logits are averaged over scales and flips first; classes the image does not have take no share.
@@ -58,8 +62,14 @@ def segmenter_probs(model: Segmenter, images: torch.Tensor, labels: torch.Tensor
     return logits.masked_fill(present[:, :, None, None] == 0, float("-inf")).softmax(1)[:, 1:]
 
 
-def class_scores(model: Classifier | Segmenter, images: torch.Tensor, labels: torch.Tensor, source: str = "cam",
-                 scales: Sequence[float] = (1.0,), flip: bool = True) -> torch.Tensor:  # fmt: skip
+def class_scores(
+    model: Classifier | Segmenter,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    source: str = "cam",
+    scales: Sequence[float] = (1.0,),
+    flip: bool = True,
+) -> torch.Tensor:
     """Per-class scores in [0, 1] from ``source``: ``cam`` (normalised CAMs), ``seg`` (the segmenter's
     softmax) or ``cam+seg`` (their mean)."""
     if source not in SCORE_SOURCES:

@@ -47,8 +47,12 @@ class InferenceImages(Dataset):
         raw = np.array(open_image(self.paths[index]).convert("RGB"))
         mask_path = self.masks[index]
         mask = np.array(open_image(mask_path)) if mask_path else np.full(raw.shape[:2], IGNORE_INDEX, np.uint8)
-        return {"name": self.paths[index].stem, "image": self.transform(image=raw)["image"],
-                "raw": torch.from_numpy(raw), "mask": torch.from_numpy(mask).long()}  # fmt: skip
+        return {
+            "name": self.paths[index].stem,
+            "image": self.transform(image=raw)["image"],
+            "raw": torch.from_numpy(raw),
+            "mask": torch.from_numpy(mask).long(),
+        }
 
 
 def inputs(cfg: DictConfig) -> tuple[list[Path], list[Path | None]]:
@@ -93,18 +97,30 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
     net = load_segmenter(Path(cfg.ckpt_path))
     prediction = SegmenterPrediction(net, cfg.scales, cfg.flip, output_dir, crf, cfg.overlays)
     mean, std = input_normalization(cfg.data.mean, cfg.data.std, net.backbone_name)
-    loader = DataLoader(InferenceImages(paths, masks, mean, std), batch_size=cfg.batch_size,
-                        num_workers=cfg.data.num_workers, collate_fn=collate)  # fmt: skip
+    loader = DataLoader(
+        InferenceImages(paths, masks, mean, std),
+        batch_size=cfg.batch_size,
+        num_workers=cfg.data.num_workers,
+        collate_fn=collate,
+    )
     trainer = build_trainer(cfg, max_epochs=1)
     trainer.predict(prediction, dataloaders=loader, return_predictions=False)
     confusion = prediction.confusion.compute().cpu()  # a collective: every rank's images
     if not trainer.is_global_zero:
         return {}
     seconds = time.perf_counter() - start
-    summary = {"stage": "infer", "checkpoint": str(cfg.ckpt_path), "images": len(paths),
-               "masks_dir": str(output_dir / "masks"), "scales": list(cfg.scales), "flip": cfg.flip,
-               "crf": cfg.postprocess_crf, "processes": trainer.world_size, "seconds": round(seconds, 2),
-               "images_per_s": round(len(paths) / seconds, 2)}  # fmt: skip
+    summary = {
+        "stage": "infer",
+        "checkpoint": str(cfg.ckpt_path),
+        "images": len(paths),
+        "masks_dir": str(output_dir / "masks"),
+        "scales": list(cfg.scales),
+        "flip": cfg.flip,
+        "crf": cfg.postprocess_crf,
+        "processes": trainer.world_size,
+        "seconds": round(seconds, 2),
+        "images_per_s": round(len(paths) / seconds, 2),
+    }
     if confusion.sum() > 0:
         summary["eval"] = segmentation_report(confusion, VOC_CLASSES)
         log.info("mIoU %.4f over %d images", summary["eval"]["miou"], len(paths))

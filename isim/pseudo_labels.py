@@ -47,8 +47,13 @@ class LabelSettings:
     backend: str = "pydensecrf"  # the CRF's implementation (isim.crf.BACKENDS)
 
 
-def pseudo_labels(images: Sequence[np.ndarray], cams: Sequence[np.ndarray], classes: Sequence[np.ndarray],
-                  settings: LabelSettings, device: str | torch.device = "cpu") -> list[np.ndarray]:  # fmt: skip
+def pseudo_labels(
+    images: Sequence[np.ndarray],
+    cams: Sequence[np.ndarray],
+    classes: Sequence[np.ndarray],
+    settings: LabelSettings,
+    device: str | torch.device = "cpu",
+) -> list[np.ndarray]:
     """uint8 label maps from images (H, W, 3), their normalised CAMs (K, H, W) and the CAMs' class indices (K,);
     the torch backend refines all of them in one CRF call on ``device``."""
     if settings.confident is None:
@@ -63,12 +68,23 @@ def pseudo_labels(images: Sequence[np.ndarray], cams: Sequence[np.ndarray], clas
     return labels
 
 
-def _crf_at(images: Sequence[np.ndarray], cams: Sequence[np.ndarray], classes: Sequence[np.ndarray],
-            threshold: float, s: LabelSettings, device: str | torch.device) -> list[np.ndarray]:  # fmt: skip
+def _crf_at(
+    images: Sequence[np.ndarray],
+    cams: Sequence[np.ndarray],
+    classes: Sequence[np.ndarray],
+    threshold: float,
+    s: LabelSettings,
+    device: str | torch.device,
+) -> list[np.ndarray]:
     keys = [np.concatenate([[0], c]).astype(np.uint8) for c in classes]
     scores = [np.concatenate([np.full((1, *c.shape[1:]), threshold, np.float32), c]) for c in cams]
-    crf = {"gaussian": s.gaussian, "bilateral": s.bilateral, "iterations": s.iterations, "backend": s.backend,
-           "device": device}  # fmt: skip
+    crf = {
+        "gaussian": s.gaussian,
+        "bilateral": s.bilateral,
+        "iterations": s.iterations,
+        "backend": s.backend,
+        "device": device,
+    }
     if s.unary == "label":
         compact = crf_labels(images, [score.argmax(0) for score in scores], [len(k) for k in keys], s.gt_prob, **crf)
     elif s.unary == "softmax":
@@ -88,8 +104,10 @@ def read_image_for(image_path: Path, cams: np.ndarray) -> np.ndarray:
     except OSError as error:
         raise IsimError(f"image {image_path} is corrupt or unreadable ({error})") from None
     if image.shape[:2] != cams.shape[1:]:
-        raise IsimError(f"CAMs of {image_path} are {cams.shape[2]}x{cams.shape[1]} but the image is "
-                        f"{image.shape[1]}x{image.shape[0]}; were they computed from another image?")  # fmt: skip
+        raise IsimError(
+            f"CAMs of {image_path} are {cams.shape[2]}x{cams.shape[1]} but the image is "
+            f"{image.shape[1]}x{image.shape[0]}; were they computed from another image?"
+        )
     return image
 
 
@@ -123,8 +141,10 @@ class LabelStore:
         found = self.manifest()
         if found is not None and found["producer"] != producer and not overwrite:
             changed = sorted(key for key in producer if found["producer"].get(key) != producer[key])
-            raise IsimError(f"label store {self.root} was made with other settings (differs in {', '.join(changed)}); "
-                            "pass labels.overwrite=true to replace it, or name=<new name> for a new store")  # fmt: skip
+            raise IsimError(
+                f"label store {self.root} was made with other settings (differs in {', '.join(changed)}); "
+                "pass labels.overwrite=true to replace it, or name=<new name> for a new store"
+            )
         if overwrite:
             for png in self.root.glob("*.png"):
                 png.unlink()
@@ -140,9 +160,18 @@ class LabelWriter:
     With a ``device`` (the torch backend on a GPU) there are no workers: the CRF runs on the device in the
     main process, right after the CAMs, ``batch_size`` images per call."""
 
-    def __init__(self, store: LabelStore, image_dir: Path, settings: LabelSettings, workers: int,
-                 on_error: str = "raise", total: int | None = None, progress: bool = True,
-                 device: torch.device | None = None, batch_size: int = 8) -> None:  # fmt: skip
+    def __init__(
+        self,
+        store: LabelStore,
+        image_dir: Path,
+        settings: LabelSettings,
+        workers: int,
+        on_error: str = "raise",
+        total: int | None = None,
+        progress: bool = True,
+        device: torch.device | None = None,
+        batch_size: int = 8,
+    ) -> None:
         if on_error not in ("raise", "skip"):
             raise IsimError(f"labels.on_error={on_error!r} must be raise or skip")
         self.store, self.image_dir, self.settings, self.on_error = store, image_dir, settings, on_error

@@ -78,8 +78,10 @@ def objective(summary: dict[str, Any], metric: str) -> float:
     (list items by index: ``rounds.-1.val_miou`` is the last ISIM round's val mIoU)."""
     value = _dig(summary, metric)
     if not isinstance(value, (int, float)):
-        raise IsimError(f"optimized_metric={metric} is not a number in the {summary.get('stage')} stage's "
-                        f"summary.json; name one, e.g. {', '.join(FIGURES[:4])}")  # fmt: skip
+        raise IsimError(
+            f"optimized_metric={metric} is not a number in the {summary.get('stage')} stage's "
+            f"summary.json; name one, e.g. {', '.join(FIGURES[:4])}"
+        )
     return float(value)
 
 

@@ -69,8 +69,9 @@ def compose_config(*overrides: str, output_dir: Path | None = None) -> DictConfi
     return cfg
 
 
-def run_train(root: Path, *overrides: str, check: bool = True, timeout: int = 600,
-              env: dict[str, str] | None = None) -> subprocess.CompletedProcess:  # fmt: skip
+def run_train(
+    root: Path, *overrides: str, check: bool = True, timeout: int = 600, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
     """Run ``python train.py`` in ``root`` (data, runs and sweeps land there), with ``env`` added."""
     env = {**os.environ, "PYTHONWARNINGS": "ignore", "WANDB_SILENT": "true", **(env or {})}
     result = subprocess.run(

@@ -20,14 +20,27 @@ DATA = [o for o in TINY if o.startswith("data.synthetic.")]
 
 def run_infer(root: Path, *overrides: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    return subprocess.run([sys.executable, str(ROOT / "infer.py"), "name=tiny", *DATA, "data.num_workers=0",
-                           *overrides], cwd=root, env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, str(ROOT / "infer.py"), "name=tiny", *DATA, "data.num_workers=0", *overrides],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 @pytest.fixture(scope="module")
 def segmenter(labelled_project: Path) -> Path:
-    run_train(labelled_project, *TINY, "name=tiny", "stage=seg", "seg.max_epochs=1", "data.labels=gt",
-              "hydra.run.dir=runs/tiny/seg_for_infer")  # fmt: skip
+    run_train(
+        labelled_project,
+        *TINY,
+        "name=tiny",
+        "stage=seg",
+        "seg.max_epochs=1",
+        "data.labels=gt",
+        "hydra.run.dir=runs/tiny/seg_for_infer",
+    )
     return labelled_project / "runs/tiny/seg_for_infer/checkpoints/last.ckpt"
 
 
@@ -63,9 +76,17 @@ def test_infer_crf_post_processing_backends_agree(segmenter: Path, labelled_proj
     runs = {}
     for backend in BACKENDS:
         run_dir = tmp_path / f"runs/tiny/infer_{backend}"
-        result = run_infer(tmp_path, f"ckpt_path={segmenter}", "split=val", "batch_size=4", "scales=[1.0]",
-                           "postprocess_crf=true", f"crf.backend={backend}", "crf.bilateral.sxy=8",
-                           f"hydra.run.dir={run_dir}")  # fmt: skip
+        result = run_infer(
+            tmp_path,
+            f"ckpt_path={segmenter}",
+            "split=val",
+            "batch_size=4",
+            "scales=[1.0]",
+            "postprocess_crf=true",
+            f"crf.backend={backend}",
+            "crf.bilateral.sxy=8",
+            f"hydra.run.dir={run_dir}",
+        )
         assert result.returncode == 0, result.stderr[-2000:]
         masks = {path.name: np.array(Image.open(path)) for path in (run_dir / "masks").glob("*.png")}
         runs[backend] = masks, read_summary(run_dir)["eval"]["miou"]
@@ -82,8 +103,9 @@ def test_infer_under_ddp_equals_one_process(segmenter: Path, labelled_project: P
     runs = {}
     for trainer in ("cpu", "ddp_cpu"):
         run_dir = tmp_path / f"runs/tiny/infer_{trainer}"
-        result = run_infer(tmp_path, f"ckpt_path={segmenter}", f"split={seven}", f"trainer={trainer}",
-                           f"hydra.run.dir={run_dir}")  # fmt: skip
+        result = run_infer(
+            tmp_path, f"ckpt_path={segmenter}", f"split={seven}", f"trainer={trainer}", f"hydra.run.dir={run_dir}"
+        )
         assert result.returncode == 0, result.stderr[-2000:]
         masks = {path.name: np.array(Image.open(path)) for path in (run_dir / "masks").glob("*.png")}
         runs[trainer] = masks, read_summary(run_dir)
@@ -100,8 +122,9 @@ def test_infer_bad_inputs_are_one_line_errors(labelled_project: Path, tmp_path: 
     Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(tmp_path / "photos/a.jpg")
     result = run_infer(tmp_path, f"ckpt_path={classifier}", f"input={tmp_path}/photos")
     assert result.returncode == 2 and "is not a segmenter checkpoint" in result.stderr
-    result = run_infer(tmp_path, f"ckpt_path={classifier}", f"input={tmp_path}/photos", "postprocess_crf=true",
-                       "crf.backend=cuda")  # fmt: skip
+    result = run_infer(
+        tmp_path, f"ckpt_path={classifier}", f"input={tmp_path}/photos", "postprocess_crf=true", "crf.backend=cuda"
+    )
     assert result.returncode == 2 and "crf.backend='cuda' is unknown; use one of pydensecrf, torch" in result.stderr
     result = run_infer(tmp_path, f"ckpt_path={tmp_path}/none.ckpt", f"input={tmp_path}/photos")
     assert result.returncode == 2 and "none.ckpt not found" in result.stderr

@@ -15,8 +15,15 @@ from tests.test_crf import IRN, two_region_image
 
 
 def settings(**changes: object) -> LabelSettings:
-    base = {"threshold": 0.3, "confident": None, "unary": "label", "gt_prob": IRN.gt_prob,
-            "gaussian": dict(IRN.gaussian), "bilateral": dict(IRN.bilateral), "iterations": IRN.iterations}  # fmt: skip
+    base = {
+        "threshold": 0.3,
+        "confident": None,
+        "unary": "label",
+        "gt_prob": IRN.gt_prob,
+        "gaussian": dict(IRN.gaussian),
+        "bilateral": dict(IRN.bilateral),
+        "iterations": IRN.iterations,
+    }
     return LabelSettings(**{**base, **changes})
 
 
@@ -73,8 +80,15 @@ def test_device_writer_batches_the_torch_crf_like_the_workers(tiny_voc_copy: Pat
     stores = {}
     for mode, options in {"device": {"device": torch.device("cpu"), "batch_size": 4}, "workers": {}}.items():
         store = LabelStore(tmp_path / mode)
-        writer = LabelWriter(store, tiny_voc_copy / "JPEGImages", settings(backend="torch"),
-                             0 if mode == "device" else 2, "skip", progress=False, **options)  # fmt: skip
+        writer = LabelWriter(
+            store,
+            tiny_voc_copy / "JPEGImages",
+            settings(backend="torch"),
+            0 if mode == "device" else 2,
+            "skip",
+            progress=False,
+            **options,
+        )
         for name in names:
             writer.submit(name, cams[name], np.array([2, 7]))
         writer.close()

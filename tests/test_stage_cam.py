@@ -93,8 +93,7 @@ def test_ddp_cam_evaluation_equals_one_process(labelled_project: Path, tmp_path:
         run_dir = tmp_path / f"runs/tiny/cam_{trainer}"
         shutil.copytree(labelled_project / "runs/tiny/cam/checkpoints", run_dir / "checkpoints")
         # Training is complete: the stage resumes from last.ckpt and only evaluates.
-        run_train(tmp_path, *TINY, "name=tiny", f"trainer={trainer}", f"cam.split={odd}",
-                  f"hydra.run.dir={run_dir}")  # fmt: skip
+        run_train(tmp_path, *TINY, "name=tiny", f"trainer={trainer}", f"cam.split={odd}", f"hydra.run.dir={run_dir}")
         summaries[trainer] = read_summary(run_dir)
     single, ddp = summaries["cpu"], summaries["ddp_cpu"]
     assert ddp["data"]["images"] == single["data"]["images"] == 23

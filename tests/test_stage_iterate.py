@@ -106,8 +106,9 @@ def test_warm_start_from_the_previous_round_or_the_classifier(chain: tuple[Path,
     weights = fresh.state_dict()
     assert torch.equal(weights["net.head.weight"], classifier["state_dict"]["net.head.weight"])
     backbone = {k: v for k, v in classifier["state_dict"].items() if k.startswith("net.backbone.")}
-    assert backbone and all(torch.equal(weights[k.replace("net.backbone.", "net.model.encoder.model.")], v)
-                            for k, v in backbone.items())  # fmt: skip
+    assert backbone and all(
+        torch.equal(weights[k.replace("net.backbone.", "net.model.encoder.model.")], v) for k, v in backbone.items()
+    )
     assert all(torch.equal(weights[k], v) for k, v in decoder.items())  # the decoder is new
     other = SegmenterModule("resnet14t", len(VOC_CLASSES), pretrained=False)
     with pytest.raises(IsimError, match=r"has backbone 'resnet10t', not model\.backbone='resnet14t'"):

@@ -26,8 +26,13 @@ def test_segmenter_trains_on_the_store_and_on_gt(labelled_project: Path) -> None
     assert (labelled_project / "runs/tiny/seg/checkpoints/last.ckpt").is_file()
     # ISIM's next round: labels from the segmenter's own CAMs, through the same labels stage.
     checkpoint = labelled_project / "runs/tiny/seg/checkpoints/last.ckpt"
-    run_train(labelled_project, *LABELS, f"ckpt_path={checkpoint}", "labels.threshold=0.2",
-              "hydra.run.dir=runs/tiny/labels_from_seg")  # fmt: skip
+    run_train(
+        labelled_project,
+        *LABELS,
+        f"ckpt_path={checkpoint}",
+        "labels.threshold=0.2",
+        "hydra.run.dir=runs/tiny/labels_from_seg",
+    )
     relabelled = read_summary(labelled_project / "runs/tiny/labels_from_seg")
     assert relabelled["in_store"] == 24 and relabelled["checkpoint"] == str(checkpoint)
     assert 0 < relabelled["labels"]["miou"] <= 1
@@ -72,8 +77,9 @@ def test_a_dead_rank_stops_the_run_with_a_clear_message(labelled_project: Path, 
     output = log.read_text()
     assert main.returncode != 0 and time.monotonic() - killed < 60
     # Rank 0 either sees the connection drop first, or Lightning's process observer (5 s polls) ends it.
-    assert ("rank 0: another process of this DDP run stopped" in output
-            or "terminated with code -9" in output), output[-2000:]  # fmt: skip
+    assert "rank 0: another process of this DDP run stopped" in output or "terminated with code -9" in output, output[
+        -2000:
+    ]
     epoch = torch.load(checkpoint, map_location="cpu", weights_only=False)["epoch"]
     run_train(tmp_path, *SEG, "data.labels=gt", f"seg.max_epochs={epoch + 2}", "trainer=ddp_cpu")
     assert read_summary(tmp_path / "runs/tiny/seg")["epochs"] == epoch + 2

@@ -23,8 +23,14 @@ def sweep_rows(sweep_dir: Path) -> list[dict]:
 
 def test_backbone_sweep_with_a_bad_job(tmp_path: Path) -> None:
     sweep_dir = tmp_path / "multirun/backbones"
-    result = run_train(tmp_path, *SWEEP, "model.backbone=resnet10t,resnet5,resnet14t", "logger=wandb",
-                       f"hydra.sweep.dir={sweep_dir}", check=False)  # fmt: skip
+    result = run_train(
+        tmp_path,
+        *SWEEP,
+        "model.backbone=resnet10t,resnet5,resnet14t",
+        "logger=wandb",
+        f"hydra.sweep.dir={sweep_dir}",
+        check=False,
+    )
     assert "model.backbone='resnet5' is not a timm model" in result.stderr
     for job, backbone in (("0", "resnet10t"), ("2", "resnet14t")):
         summary = read_summary(sweep_dir / job)
@@ -42,8 +48,7 @@ def test_backbone_sweep_with_a_bad_job(tmp_path: Path) -> None:
 
 def test_ddp_jobs_in_a_sweep_leave_one_tree(tmp_path: Path) -> None:
     sweep_dir = tmp_path / "multirun/ddp"
-    run_train(tmp_path, *SWEEP, "model.backbone=resnet10t,resnet14t", "trainer=ddp_cpu",
-              f"hydra.sweep.dir={sweep_dir}")  # fmt: skip
+    run_train(tmp_path, *SWEEP, "model.backbone=resnet10t,resnet14t", "trainer=ddp_cpu", f"hydra.sweep.dir={sweep_dir}")
     assert sorted(path.name for path in (tmp_path / "multirun").iterdir()) == ["ddp"]
     assert sorted(path.name for path in sweep_dir.iterdir()) == ["0", "1", "multirun.yaml", "sweep_summary.csv"]
     assert [row["status"] for row in sweep_rows(sweep_dir)] == ["completed", "completed"]
@@ -53,8 +58,9 @@ def test_ddp_jobs_in_a_sweep_leave_one_tree(tmp_path: Path) -> None:
 
 def test_submitit_local_launch(tmp_path: Path) -> None:
     sweep_dir = tmp_path / "multirun/submitit"
-    run_train(tmp_path, *SWEEP, "model.backbone=resnet10t", "hydra/launcher=submitit_local",
-              f"hydra.sweep.dir={sweep_dir}")  # fmt: skip
+    run_train(
+        tmp_path, *SWEEP, "model.backbone=resnet10t", "hydra/launcher=submitit_local", f"hydra.sweep.dir={sweep_dir}"
+    )
     assert read_summary(sweep_dir / "0")["model"]["backbone"] == "resnet10t"
     assert list((sweep_dir / ".submitit").glob("*/*_log.out"))
     assert [row["status"] for row in sweep_rows(sweep_dir)] == ["completed"]
@@ -65,13 +71,18 @@ def test_optuna_search_over_the_crf(labelled_project: Path, tmp_path: Path) -> N
     shutil.copytree(labelled_project / "data", tmp_path / "data")
     shutil.copytree(labelled_project / "runs/tiny/cam", tmp_path / "runs/tiny/cam")
     sweep_dir = tmp_path / "multirun/optuna"
-    run_train(tmp_path, *LABELS, "hparams_search=crf_optuna", "hydra.sweeper.n_trials=3",
-              "hydra.sweeper.sampler.n_startup_trials=2", f"hydra.sweep.dir={sweep_dir}")  # fmt: skip
+    run_train(
+        tmp_path,
+        *LABELS,
+        "hparams_search=crf_optuna",
+        "hydra.sweeper.n_trials=3",
+        "hydra.sweeper.sampler.n_startup_trials=2",
+        f"hydra.sweep.dir={sweep_dir}",
+    )
     trials = [read_summary(sweep_dir / str(job)) for job in range(3)]
     assert all(trial["stage"] == "labels" and trial["in_store"] == 24 for trial in trials)
     assert len({trial["threshold"] for trial in trials}) == 3  # the sampler's own draws, not the config's
     best = yaml.safe_load((sweep_dir / "optimization_results.yaml").read_text())
     assert best["best_value"] == max(trial["labels"]["miou"] for trial in trials)
-    assert set(best["best_params"]) == {"labels.threshold", "crf.gt_prob", "crf.bilateral.srgb",
-                                        "crf.bilateral.compat"}  # fmt: skip
+    assert set(best["best_params"]) == {"labels.threshold", "crf.gt_prob", "crf.bilateral.srgb", "crf.bilateral.compat"}
     assert [row["status"] for row in sweep_rows(sweep_dir)] == ["completed"] * 3

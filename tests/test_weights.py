@@ -47,9 +47,12 @@ def test_an_isim_checkpoint_gives_its_backbone(labelled_project: Path) -> None:
 
 def test_weights_that_do_not_fit_are_one_line(tmp_path: Path) -> None:
     torch.save(timm.create_model("resnet18", pretrained=False).state_dict(), tmp_path / "resnet18.pth")
-    with pytest.raises(IsimError, match=r"resnet18\.pth does not fit model.backbone='resnet10t': of its \d+ weights "
-                                        r"\d+ missing \(e\.g\. conv1\.0\.weight\), \d+ of another shape \(e\.g\. "
-                                        r"layer2\.0\.downsample\.1\.weight\), \d+ unexpected"):  # fmt: skip
+    with pytest.raises(
+        IsimError,
+        match=r"resnet18\.pth does not fit model.backbone='resnet10t': of its \d+ weights "
+        r"\d+ missing \(e\.g\. conv1\.0\.weight\), \d+ of another shape \(e\.g\. "
+        r"layer2\.0\.downsample\.1\.weight\), \d+ unexpected",
+    ):
         Classifier("resnet10t", 20, pretrained=str(tmp_path / "resnet18.pth"))
     (tmp_path / "junk.pth").write_bytes(b"not weights")
     with pytest.raises(IsimError, match=r"junk\.pth is not a weights file"):

@@ -56,8 +56,9 @@ def read_run(path: Path) -> OfflineRun:
         if kind == "run":
             run.name, run.group, run.job_type = record.run.display_name, record.run.run_group, record.run.job_type
         elif kind == "history":
-            run.history.append({item.key or "/".join(item.nested_key): json.loads(item.value_json)
-                                for item in record.history.item})  # fmt: skip
+            run.history.append(
+                {item.key or "/".join(item.nested_key): json.loads(item.value_json) for item in record.history.item}
+            )
     return run
 
 

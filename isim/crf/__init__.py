@@ -70,24 +70,35 @@ def check_backend(name: str) -> str:
     return name
 
 
-def _pydensecrf_argmax(images: Sequence[np.ndarray], unaries: Sequence[np.ndarray], gaussian: Mapping[str, float],
-                       bilateral: Mapping[str, float], iterations: int) -> list[np.ndarray]:  # fmt: skip
+def _pydensecrf_argmax(
+    images: Sequence[np.ndarray],
+    unaries: Sequence[np.ndarray],
+    gaussian: Mapping[str, float],
+    bilateral: Mapping[str, float],
+    iterations: int,
+) -> list[np.ndarray]:
     labels = []
     for image, unary in zip(images, unaries, strict=True):
         height, width = image.shape[:2]
         crf = dcrf.DenseCRF2D(width, height, unary.shape[0])
         crf.setUnaryEnergy(np.ascontiguousarray(unary.reshape(unary.shape[0], -1), dtype=np.float32))
         crf.addPairwiseGaussian(sxy=gaussian["sxy"], compat=gaussian["compat"])
-        crf.addPairwiseBilateral(sxy=bilateral["sxy"], srgb=bilateral["srgb"], rgbim=np.ascontiguousarray(image),
-                                 compat=bilateral["compat"])  # fmt: skip
+        crf.addPairwiseBilateral(
+            sxy=bilateral["sxy"], srgb=bilateral["srgb"], rgbim=np.ascontiguousarray(image), compat=bilateral["compat"]
+        )
         marginals = np.asarray(crf.inference(iterations), np.float32).reshape(-1, height, width)
         labels.append(marginals.argmax(0).astype(np.uint8))
     return labels
 
 
 @torch.no_grad()
-def _torch_argmax(images: Sequence[np.ndarray], unaries: list[torch.Tensor], gaussian: Mapping[str, float],
-                  bilateral: Mapping[str, float], iterations: int) -> list[np.ndarray]:  # fmt: skip
+def _torch_argmax(
+    images: Sequence[np.ndarray],
+    unaries: list[torch.Tensor],
+    gaussian: Mapping[str, float],
+    bilateral: Mapping[str, float],
+    iterations: int,
+) -> list[np.ndarray]:
     pixels = [torch.from_numpy(np.ascontiguousarray(image)) for image in images]
     marginals = dense_crf(pixels, unaries, gaussian, bilateral, iterations)
     return [q.argmax(0).to(torch.uint8).cpu().numpy() for q in marginals]

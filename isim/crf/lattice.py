@@ -44,8 +44,9 @@ class PermutohedralLattice:
         point = torch.arange(n, device=codes.device).repeat_interleave(d + 1)
         self.splat = _csr(_row_starts(counts), point[order], weights[order], (self.size, n))
         alpha = 1.0 / (1.0 + 2.0**-d)
-        self.slice = _csr(torch.arange(0, n * (d + 1) + 1, d + 1, device=codes.device), vertex, alpha * weights,
-                          (n, self.size))  # fmt: skip
+        self.slice = _csr(
+            torch.arange(0, n * (d + 1) + 1, d + 1, device=codes.device), vertex, alpha * weights, (n, self.size)
+        )
         self.blurs = [self._blur(vertex_codes, direction, strides) for direction in range(d + 1)]
 
     def filter(self, values: torch.Tensor) -> torch.Tensor:
@@ -69,8 +70,9 @@ class PermutohedralLattice:
         above = torch.full((self.size + 1,), -1, dtype=torch.long, device=below.device)
         above = above.scatter_(0, torch.where(found, below, self.size), itself)[: self.size]
         columns = torch.stack([torch.where(found, below, itself), itself, torch.where(above < 0, itself, above)], 1)
-        values = torch.stack([found.float() / 2, torch.ones_like(found, dtype=torch.float32),
-                              (above >= 0).float() / 2], 1)  # fmt: skip
+        values = torch.stack(
+            [found.float() / 2, torch.ones_like(found, dtype=torch.float32), (above >= 0).float() / 2], 1
+        )
         rows = torch.arange(0, 3 * self.size + 1, 3, device=vertex_codes.device)
         return _csr(rows, columns.flatten(), values.flatten(), (self.size, self.size))
 
@@ -130,8 +132,10 @@ def _vertex_codes(
     group_count = int(groups.max()) + 1 if groups is not None else 1
     bits = sum(math.log2(int(s)) for s in span) + math.log2(group_count)
     if bits > MAX_CODE_BITS:
-        raise ValueError(f"the lattice's vertex keys need {bits:.0f} bits (> {MAX_CODE_BITS}): features span too "
-                         "wide a range; use larger kernel widths (sxy, srgb) or fewer images per call")  # fmt: skip
+        raise ValueError(
+            f"the lattice's vertex keys need {bits:.0f} bits (> {MAX_CODE_BITS}): features span too "
+            "wide a range; use larger kernel widths (sxy, srgb) or fewer images per call"
+        )
     strides = torch.cat([span.flip(0).cumprod(0).flip(0)[1:], span.new_ones(1)])
     base = ((stored - low) * strides).sum(1)
     if groups is not None:
@@ -159,5 +163,6 @@ def _csr(rows: torch.Tensor, columns: torch.Tensor, values: torch.Tensor, size: 
     index_type = torch.int32 if len(columns) < 2**31 - 1 else torch.int64
     with warnings.catch_warnings():  # "sparse CSR support is in beta": the products used here are stable
         warnings.simplefilter("ignore", UserWarning)
-        return torch.sparse_csr_tensor(rows.to(index_type), columns.to(index_type), values.float(), size,
-                                       check_invariants=False)  # fmt: skip
+        return torch.sparse_csr_tensor(
+            rows.to(index_type), columns.to(index_type), values.float(), size, check_invariants=False
+        )

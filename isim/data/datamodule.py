@@ -119,8 +119,10 @@ class WSSSDataModule(pl.LightningDataModule):
         """``batch_size`` is global: each of ``world`` processes loads its share, so adding devices keeps the
         optimisation the same."""
         if self.batch_size % world:
-            raise IsimError(f"data.batch_size={self.batch_size} is the global batch and must divide by the "
-                            f"{world} training processes; use a multiple of {world}")  # fmt: skip
+            raise IsimError(
+                f"data.batch_size={self.batch_size} is the global batch and must divide by the "
+                f"{world} training processes; use a multiple of {world}"
+            )
         return self.batch_size // world
 
     def val_dataloader(self) -> DataLoader:
@@ -137,8 +139,9 @@ class WSSSDataModule(pl.LightningDataModule):
         data = self.split(split) if isinstance(split, str) else split
         return self._loader(TransformedDataset(data, self.eval_tf, tolerant), self.eval_batch_size, shuffle=False)
 
-    def _loader(self, data: Dataset, batch_size: int, shuffle: bool, drop_last: bool = False,
-                sampler: Sampler | None = None) -> DataLoader:  # fmt: skip
+    def _loader(
+        self, data: Dataset, batch_size: int, shuffle: bool, drop_last: bool = False, sampler: Sampler | None = None
+    ) -> DataLoader:
         return DataLoader(
             data,
             batch_size=batch_size,

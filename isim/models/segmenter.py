@@ -20,8 +20,14 @@ DILATED_DECODERS = {"deeplabv3", "deeplabv3plus"}  # the SMP decoders that take 
 
 
 class Segmenter(nn.Module):
-    def __init__(self, backbone: str, num_classes: int, decoder: str = "deeplabv3plus", pretrained: bool | str = True,
-                 output_stride: int = 16) -> None:  # fmt: skip
+    def __init__(
+        self,
+        backbone: str,
+        num_classes: int,
+        decoder: str = "deeplabv3plus",
+        pretrained: bool | str = True,
+        output_stride: int = 16,
+    ) -> None:
         """``pretrained``: the encoder's weights from the timm hub (True), none (False) or a local file (a path)."""
         super().__init__()
         check_backbone(backbone)

@@ -44,19 +44,26 @@ def load_backbone_weights(features: nn.Module, path: str | Path, backbone: str) 
     reshaped = [key for key in expected if key in state and state[key].shape != expected[key].shape]
     if missing or reshaped:
         unexpected = [key for key in state if key not in expected]
-        found = [(len(missing), "missing", missing), (len(reshaped), "of another shape", reshaped),
-                 (len(unexpected), "unexpected", unexpected)]  # fmt: skip
+        found = [
+            (len(missing), "missing", missing),
+            (len(reshaped), "of another shape", reshaped),
+            (len(unexpected), "unexpected", unexpected),
+        ]
         details = ", ".join(f"{count} {what} (e.g. {keys[0]})" for count, what, keys in found if count)
-        raise IsimError(f"model.pretrained={path} does not fit model.backbone={backbone!r}: of its "
-                        f"{len(expected)} weights {details}; give a state dict with timm's key names for this "
-                        "backbone")  # fmt: skip
+        raise IsimError(
+            f"model.pretrained={path} does not fit model.backbone={backbone!r}: of its "
+            f"{len(expected)} weights {details}; give a state dict with timm's key names for this "
+            "backbone"
+        )
     features.load_state_dict({key: state[key] for key in expected})
 
 
 def read_weights(path: Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
-        raise IsimError(f"model.pretrained={path} not found; give a weights file (.pth, .pt, .safetensors or an "
-                        "isim .ckpt), true for the timm hub, or false")  # fmt: skip
+        raise IsimError(
+            f"model.pretrained={path} not found; give a weights file (.pth, .pt, .safetensors or an "
+            "isim .ckpt), true for the timm hub, or false"
+        )
     try:
         state = load_state_dict(str(path), weights_only=False)
     except Exception as error:  # torch.load and safetensors raise many types for a file that is not weights

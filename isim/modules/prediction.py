@@ -24,8 +24,15 @@ class SegmenterPrediction(pl.LightningModule):
     """Softmax averaged over ``scales`` (and flips) -> a VOC-palette mask PNG per image in ``output_dir/masks``,
     refined by the dense CRF when ``crf`` is given; the confusion matrix against GT where an image has any."""
 
-    def __init__(self, net: Segmenter, scales: Sequence[float], flip: bool, output_dir: str | Path,
-                 crf: DictConfig | None = None, overlays: bool = False) -> None:  # fmt: skip
+    def __init__(
+        self,
+        net: Segmenter,
+        scales: Sequence[float],
+        flip: bool,
+        output_dir: str | Path,
+        crf: DictConfig | None = None,
+        overlays: bool = False,
+    ) -> None:
         super().__init__()
         self.net, self.scales, self.flip = net, tuple(scales), flip
         self.output_dir, self.crf, self.overlays = Path(output_dir), crf, overlays

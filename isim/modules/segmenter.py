@@ -41,10 +41,21 @@ def joint_loss(
 class SegmenterModule(pl.LightningModule):
     """Joint training of :class:`~isim.models.segmenter.Segmenter`; validation mIoU against GT masks."""
 
-    def __init__(self, backbone: str, num_classes: int, decoder: str = "deeplabv3plus", pretrained: bool | str = True,
-                 output_stride: int = 16, lr: float = 0.01, head_lr_mult: float = 10.0, momentum: float = 0.9,
-                 weight_decay: float = 1e-4, poly_power: float = 0.9, seg_weight: float = 1.0,
-                 cls_weight: float = 1.0) -> None:  # fmt: skip
+    def __init__(
+        self,
+        backbone: str,
+        num_classes: int,
+        decoder: str = "deeplabv3plus",
+        pretrained: bool | str = True,
+        output_stride: int = 16,
+        lr: float = 0.01,
+        head_lr_mult: float = 10.0,
+        momentum: float = 0.9,
+        weight_decay: float = 1e-4,
+        poly_power: float = 0.9,
+        seg_weight: float = 1.0,
+        cls_weight: float = 1.0,
+    ) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.net = Segmenter(backbone, num_classes, decoder, pretrained, output_stride)
@@ -55,8 +66,9 @@ class SegmenterModule(pl.LightningModule):
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         masks, class_logits = self.net(batch["image"])
-        loss, parts = joint_loss(masks, class_logits, batch["labels"], batch["mask"], self.hparams.seg_weight,
-                                 self.hparams.cls_weight)  # fmt: skip
+        loss, parts = joint_loss(
+            masks, class_logits, batch["labels"], batch["mask"], self.hparams.seg_weight, self.hparams.cls_weight
+        )
         self.log_dict({"train/loss": loss, "train/seg": parts["seg"], "train/cls": parts["cls"]}, prog_bar=True)
         return loss
 
@@ -72,5 +84,13 @@ class SegmenterModule(pl.LightningModule):
 
     def configure_optimizers(self) -> dict:
         hp = self.hparams
-        return sgd_poly(self.net.model.encoder.parameters(), self.net.heads(), hp.lr, hp.head_lr_mult, hp.momentum,
-                        hp.weight_decay, self.trainer.estimated_stepping_batches, hp.poly_power)  # fmt: skip
+        return sgd_poly(
+            self.net.model.encoder.parameters(),
+            self.net.heads(),
+            hp.lr,
+            hp.head_lr_mult,
+            hp.momentum,
+            hp.weight_decay,
+            self.trainer.estimated_stepping_batches,
+            hp.poly_power,
+        )

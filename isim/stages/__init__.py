@@ -47,8 +47,10 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         if not lost_a_peer(error):
             raise
         rank = torch.distributed.get_rank()
-        raise IsimError(f"rank {rank}: another process of this DDP run stopped ({brief(error, 100)}); its own output "
-                        "says why. The same command resumes from the last checkpoint") from error  # fmt: skip
+        raise IsimError(
+            f"rank {rank}: another process of this DDP run stopped ({brief(error, 100)}); its own output "
+            "says why. The same command resumes from the last checkpoint"
+        ) from error
 
 
 def lost_a_peer(error: RuntimeError) -> bool:

@@ -46,13 +46,19 @@ def build_trainer(cfg: DictConfig, max_epochs: int, datamodule: WSSSDataModule |
         if not isinstance(error.__cause__, MisconfigurationException):
             raise
         gpus = torch.cuda.device_count()
-        raise IsimError(f"the Trainer cannot start with trainer.accelerator={cfg.trainer.accelerator} trainer.devices="
-                        f"{cfg.trainer.devices} ({brief(error.__cause__)}); this machine has {gpus} GPU(s): use "
-                        "trainer=cpu or trainer=ddp_cpu without GPUs, or fewer trainer.devices") from None  # fmt: skip
+        raise IsimError(
+            f"the Trainer cannot start with trainer.accelerator={cfg.trainer.accelerator} trainer.devices="
+            f"{cfg.trainer.devices} ({brief(error.__cause__)}); this machine has {gpus} GPU(s): use "
+            "trainer=cpu or trainer=ddp_cpu without GPUs, or fewer trainer.devices"
+        ) from None
     cores = os.cpu_count() or 1
     if isinstance(trainer.accelerator, CPUAccelerator) and trainer.num_devices > cores:
-        log.warning("trainer.devices=%d CPU processes on %d cores: they share cores and gain nothing over %d",
-                    trainer.num_devices, cores, cores)  # fmt: skip
+        log.warning(
+            "trainer.devices=%d CPU processes on %d cores: they share cores and gain nothing over %d",
+            trainer.num_devices,
+            cores,
+            cores,
+        )
     if datamodule is not None:
         datamodule.per_device_batch_size(trainer.world_size)
     return trainer

@@ -77,15 +77,22 @@ def _ensure_done(cfg: DictConfig, experiment_dir: Path, step: str, *overrides: s
         overrides = (*overrides, f"paths.experiment_dir={experiment_dir}")
         code = run_child_job(cfg, experiment_dir / step, overrides, drop=OWN_KEYS)
         if code != 0 or not summary_path.is_file():
-            raise IsimError(f"{step} failed (exit code {code}; log in {experiment_dir / step}). Completed steps "
-                            "are kept: fix the cause and re-run stage=iterate to continue from this step")  # fmt: skip
+            raise IsimError(
+                f"{step} failed (exit code {code}; log in {experiment_dir / step}). Completed steps "
+                "are kept: fix the cause and re-run stage=iterate to continue from this step"
+            )
     return json.loads(summary_path.read_text())
 
 
 def _row(k: int, summary: dict[str, Any]) -> list:
     labels = summary.get("labels", {})
-    return [k, labels.get("miou"), summary.get("val", {}).get("miou"), labels.get("changed_fraction"),
-            summary["timings"]["total_s"]]  # fmt: skip
+    return [
+        k,
+        labels.get("miou"),
+        summary.get("val", {}).get("miou"),
+        labels.get("changed_fraction"),
+        summary["timings"]["total_s"],
+    ]
 
 
 def _cell(value: Any) -> str:

@@ -24,8 +24,13 @@ from omegaconf import DictConfig
 def run_child_job(cfg: DictConfig, run_dir: Path, overrides: Iterable[str], drop: Iterable[str] = ()) -> int:
     """Run ``train.py`` with this job's command-line overrides (minus the keys in ``drop``) plus ``overrides``,
     as a single run in ``run_dir``; returns its exit code. Output goes to this job's terminal."""
-    command = [sys.executable, str(Path(sys.argv[0]).resolve()), *forwarded_overrides(set(drop)), *overrides,
-               f"hydra.run.dir={run_dir}"]  # fmt: skip
+    command = [
+        sys.executable,
+        str(Path(sys.argv[0]).resolve()),
+        *forwarded_overrides(set(drop)),
+        *overrides,
+        f"hydra.run.dir={run_dir}",
+    ]
     return subprocess.run(command, cwd=cfg.paths.root_dir).returncode
 
 

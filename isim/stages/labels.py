@@ -70,8 +70,16 @@ class LabelJob:
     flip: bool = True
 
 
-def make_labels(cfg: DictConfig, trainer: pl.Trainer, datamodule: WSSSDataModule, data: VOCDataset, job: LabelJob,
-                store: LabelStore, overwrite: bool, previous: LabelStore | None = None) -> dict[str, Any]:  # fmt: skip
+def make_labels(
+    cfg: DictConfig,
+    trainer: pl.Trainer,
+    datamodule: WSSSDataModule,
+    data: VOCDataset,
+    job: LabelJob,
+    store: LabelStore,
+    overwrite: bool,
+    previous: LabelStore | None = None,
+) -> dict[str, Any]:
     """Label ``data`` into ``store`` (sharded over DDP ranks), then evaluate it on rank 0 (against GT, and
     against ``previous`` labels: the changed fraction); resumes a store of the same job."""
     if trainer.is_global_zero:
@@ -86,10 +94,27 @@ def make_labels(cfg: DictConfig, trainer: pl.Trainer, datamodule: WSSSDataModule
         # Score inference and the CRF workers share the cores: give torch what the workers leave.
         torch.set_num_threads(max(1, default_workers() - workers))
     timings: dict[str, float] = {}
-    writer = LabelWriter(store, data.root / "JPEGImages", job.settings, workers, cfg.labels.on_error, len(todo),
-                         progress=trainer.is_global_zero, device=device, batch_size=cfg.crf.batch_size)  # fmt: skip
-    inference = CAMInference(load_cam_network(job.checkpoint), job.scales, job.flip, [job.settings.threshold],
-                             len(VOC_CLASSES), keep=cfg.labels.overlays, writer=writer, source=job.source)  # fmt: skip
+    writer = LabelWriter(
+        store,
+        data.root / "JPEGImages",
+        job.settings,
+        workers,
+        cfg.labels.on_error,
+        len(todo),
+        progress=trainer.is_global_zero,
+        device=device,
+        batch_size=cfg.crf.batch_size,
+    )
+    inference = CAMInference(
+        load_cam_network(job.checkpoint),
+        job.scales,
+        job.flip,
+        [job.settings.threshold],
+        len(VOC_CLASSES),
+        keep=cfg.labels.overlays,
+        writer=writer,
+        source=job.source,
+    )
     with timed(timings, "label_s"):
         try:
             if todo:
@@ -104,15 +129,25 @@ def make_labels(cfg: DictConfig, trainer: pl.Trainer, datamodule: WSSSDataModule
         evaluation = evaluate_store(store, data, previous)
     labelled_now = len(todo) - len(store.missing(todo))  # by every rank
     timings["images_per_s"] = round(labelled_now / max(timings["label_s"], 1e-9), 2)
-    counts = {"images": len(data), "labelled_now": labelled_now, "skipped": skipped,
-              "in_store": len(data) - len(store.missing(data.names))}  # fmt: skip
+    counts = {
+        "images": len(data),
+        "labelled_now": labelled_now,
+        "skipped": skipped,
+        "in_store": len(data) - len(store.missing(data.names)),
+    }
     store.close(counts)
     if "miou" in evaluation:
         log.info("label mIoU %.4f, %.1f%% of pixels ignored", evaluation["miou"], 100 * evaluation["ignored_fraction"])
         _log(trainer, evaluation, inference, store, data, Path(cfg.paths.output_dir))
-    return {"store": str(store.root), **counts, "labels": evaluation, "crf_workers": workers,
-            "crf_device": str(device or "cpu"), "torch_threads": torch.get_num_threads(),
-            "timings": timings}  # fmt: skip
+    return {
+        "store": str(store.root),
+        **counts,
+        "labels": evaluation,
+        "crf_workers": workers,
+        "crf_device": str(device or "cpu"),
+        "torch_threads": torch.get_num_threads(),
+        "timings": timings,
+    }
 
 
 def _gather_skipped(skipped: dict[str, str]) -> dict[str, str]:
@@ -199,11 +234,25 @@ def _producer(job: LabelJob, data: VOCDataset, datamodule: WSSSDataModule) -> di
     }
 
 
-def _log(trainer: pl.Trainer, evaluation: dict, inference: CAMInference, store: LabelStore, data: VOCDataset,
-         output_dir: Path) -> None:  # fmt: skip
+def _log(
+    trainer: pl.Trainer,
+    evaluation: dict,
+    inference: CAMInference,
+    store: LabelStore,
+    data: VOCDataset,
+    output_dir: Path,
+) -> None:
     metrics = {"labels/miou": evaluation["miou"], "labels/ignored_fraction": evaluation["ignored_fraction"]}
     rows = [[name, *values.values()] for name, values in evaluation["per_class"].items()]
-    images = {name: overlay_strip(data.read_image(name), cams.max(0), store.read(name), mask.astype(np.uint8))
-              for name, cams, mask in inference.kept if store.path(name).is_file()}  # fmt: skip
-    log_results(trainer, metrics, {"labels/per_class": (["class", "iou", "precision", "recall"], rows)}, images,
-                output_dir / "overlays")  # fmt: skip
+    images = {
+        name: overlay_strip(data.read_image(name), cams.max(0), store.read(name), mask.astype(np.uint8))
+        for name, cams, mask in inference.kept
+        if store.path(name).is_file()
+    }
+    log_results(
+        trainer,
+        metrics,
+        {"labels/per_class": (["class", "iou", "precision", "recall"], rows)},
+        images,
+        output_dir / "overlays",
+    )

@@ -35,8 +35,16 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     job = LabelJob(checkpoint, settings, it.label_source, tuple(it.scales), it.flip)
     data = datamodule.split(cfg.labels.split, check_images=cfg.labels.on_error == "raise")
     with timed(timings, "relabel_s"):
-        result = make_labels(cfg, trainer, datamodule, data, job, LabelStore(output_dir / "store"),
-                             cfg.labels.overwrite, previous=LabelStore(previous_store))  # fmt: skip
+        result = make_labels(
+            cfg,
+            trainer,
+            datamodule,
+            data,
+            job,
+            LabelStore(output_dir / "store"),
+            cfg.labels.overwrite,
+            previous=LabelStore(previous_store),
+        )
     if not trainer.is_global_zero:
         return {}
     timings["total_s"] = round(time.perf_counter() - start, 2)
@@ -70,6 +78,8 @@ def previous_round(cfg: DictConfig, k: int) -> tuple[Path, str | Path | None]:
         return Path(cfg.data.labels), cfg.iterate.init
     previous_dir = Path(cfg.paths.experiment_dir) / f"round-{k - 1}"
     if not (previous_dir / "summary.json").is_file():
-        raise IsimError(f"round {k} needs round {k - 1}, which has not completed (no {previous_dir}/summary.json); "
-                        f"run `python train.py stage=round round={k - 1}` or stage=iterate first")  # fmt: skip
+        raise IsimError(
+            f"round {k} needs round {k - 1}, which has not completed (no {previous_dir}/summary.json); "
+            f"run `python train.py stage=round round={k - 1}` or stage=iterate first"
+        )
     return previous_dir / "store", previous_dir / "checkpoints" / "last.ckpt"

@@ -44,8 +44,13 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     return finish(trainer, output_dir, summary)
 
 
-def train_segmenter(cfg: DictConfig, datamodule: WSSSDataModule, trainer: pl.Trainer, output_dir: Path,
-                    warm_start: str | Path | None = None) -> tuple[SegmenterModule, dict[str, Any]]:  # fmt: skip
+def train_segmenter(
+    cfg: DictConfig,
+    datamodule: WSSSDataModule,
+    trainer: pl.Trainer,
+    output_dir: Path,
+    warm_start: str | Path | None = None,
+) -> tuple[SegmenterModule, dict[str, Any]]:
     """Fit (or resume) the segmenter on ``datamodule.labels``; a fresh run starts from ``warm_start``'s
     weights when given. Returns it with its last validation mIoU and per-class IoU."""
     if datamodule.labels != "gt":
@@ -71,8 +76,10 @@ def load_weights(module: SegmenterModule, path: Path) -> None:
     checkpoint = torch.load(path, map_location="cpu", weights_only=False)
     saved, weights = checkpoint.get("hyper_parameters", {}), checkpoint.get("state_dict", {})
     if saved.get("backbone") != module.hparams.backbone:
-        raise IsimError(f"{path} has backbone {saved.get('backbone')!r}, not model.backbone="
-                        f"{module.hparams.backbone!r}; warm starts need the same backbone")  # fmt: skip
+        raise IsimError(
+            f"{path} has backbone {saved.get('backbone')!r}, not model.backbone="
+            f"{module.hparams.backbone!r}; warm starts need the same backbone"
+        )
     if "decoder" not in saved:  # a classifier: net.backbone.* is the encoder's timm model, net.head.* the head
         weights = {key.replace("net.backbone.", "net.model.encoder.model.", 1): value for key, value in weights.items()}
     try:
@@ -80,8 +87,9 @@ def load_weights(module: SegmenterModule, path: Path) -> None:
         if unexpected:
             raise RuntimeError(f"unexpected weights {unexpected[:3]}")
     except RuntimeError as error:
-        raise IsimError(f"{path} does not fit this segmenter ({brief(error)}); warm starts need the same "
-                        "model.* settings") from None  # fmt: skip
+        raise IsimError(
+            f"{path} does not fit this segmenter ({brief(error)}); warm starts need the same model.* settings"
+        ) from None
     log.info("warm start from %s", path)
 
 
@@ -89,9 +97,13 @@ def check_store(store: LabelStore, names: list[str]) -> None:
     """A label store the segmenter can train on: complete, with a label for every training image."""
     manifest = store.manifest()
     if manifest is None:
-        raise IsimError(f"data.labels={store.root} is not a label store (no manifest.json); run stage=labels first, "
-                        "or train on GT masks with data.labels=gt")  # fmt: skip
+        raise IsimError(
+            f"data.labels={store.root} is not a label store (no manifest.json); run stage=labels first, "
+            "or train on GT masks with data.labels=gt"
+        )
     missing = store.missing(names)
     if missing or not manifest.get("complete"):
-        raise IsimError(f"label store {store.root} is incomplete ({len(missing)} of {len(names)} training images "
-                        f"missing, e.g. {missing[:3]}); re-run stage=labels to complete it")  # fmt: skip
+        raise IsimError(
+            f"label store {store.root} is incomplete ({len(missing)} of {len(names)} training images "
+            f"missing, e.g. {missing[:3]}); re-run stage=labels to complete it"
+        )
