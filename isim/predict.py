@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import tarfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -15,12 +16,12 @@ from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader, Dataset
 
 from isim.crf import check_backend
-from isim.data import IGNORE_INDEX, VOC_CLASSES, VOCDataset
+from isim.data import IGNORE_INDEX, VOC_CLASSES
 from isim.data.datamodule import collate
 from isim.data.transforms import eval_transform, input_normalization
-from isim.data.voc import open_image
+from isim.data.voc import open_image, read_split
 from isim.errors import IsimError
-from isim.io import write_json
+from isim.io import atomic_path, write_json
 from isim.metrics import segmentation_report
 from isim.models.segmenter import Segmenter
 from isim.modules import SegmenterPrediction
@@ -30,6 +31,9 @@ from isim.stages.jobs import quiet_secondary_ranks
 
 log = logging.getLogger(__name__)
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp"}
+# Where the masks go, by `format`: isim's own folder, or the PASCAL VOC evaluation server's layout for methods
+# trained with data beyond VOC's (comp6), which is then archived for upload.
+MASK_DIRS = {"masks": "masks", "voc_server": "results/VOC2012/Segmentation/comp6_test_cls"}
 
 
 class InferenceImages(Dataset):
@@ -60,9 +64,13 @@ def inputs(cfg: DictConfig) -> tuple[list[Path], list[Path | None]]:
     if cfg.input is None:
         datamodule = instantiate(cfg.data)
         datamodule.prepare_data()
-        data = VOCDataset(datamodule.root, cfg.split, datamodule.mask_dir)
-        masks = [data.mask_dir / f"{name}.png" for name in data.names]
-        return [data.root / "JPEGImages" / f"{n}.jpg" for n in data.names], [m if m.is_file() else None for m in masks]
+        names = read_split(datamodule.root, cfg.split)  # names only: a split without annotations (VOC's test) works
+        paths = [datamodule.root / "JPEGImages" / f"{name}.jpg" for name in names]
+        missing = [path for path in paths if not path.is_file()]
+        if missing:
+            raise IsimError(f"{len(missing)} image(s) of split={cfg.split} are missing, e.g. {missing[0]}")
+        masks = [datamodule.root / datamodule.mask_dir / f"{name}.png" for name in names]
+        return paths, [mask if mask.is_file() else None for mask in masks]
     source = Path(cfg.input)
     if source.is_dir():
         paths = sorted(p for p in source.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
@@ -90,12 +98,16 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
     quiet_secondary_ranks()
     start = time.perf_counter()
     output_dir = Path(cfg.paths.output_dir)
+    if cfg.format not in MASK_DIRS:
+        raise IsimError(f"format={cfg.format!r} is unknown; use one of {', '.join(MASK_DIRS)}")
     paths, masks = inputs(cfg)  # checked before the (slower) model load
     crf = cfg.crf if cfg.postprocess_crf else None
     if crf is not None:
         check_backend(crf.backend)
     net = load_segmenter(Path(cfg.ckpt_path))
-    prediction = SegmenterPrediction(net, cfg.scales, cfg.flip, output_dir, crf, cfg.overlays)
+    masks_dir = output_dir / MASK_DIRS[cfg.format]
+    overlay_dir = output_dir / "overlays" if cfg.overlays else None
+    prediction = SegmenterPrediction(net, cfg.scales, cfg.flip, masks_dir, crf, overlay_dir)
     mean, std = input_normalization(cfg.data.mean, cfg.data.std, net.backbone_name)
     loader = DataLoader(
         InferenceImages(paths, masks, mean, std),
@@ -113,7 +125,7 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
         "stage": "infer",
         "checkpoint": str(cfg.ckpt_path),
         "images": len(paths),
-        "masks_dir": str(output_dir / "masks"),
+        "masks_dir": str(masks_dir),
         "scales": list(cfg.scales),
         "flip": cfg.flip,
         "crf": cfg.postprocess_crf,
@@ -124,7 +136,18 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
     if confusion.sum() > 0:
         summary["eval"] = segmentation_report(confusion, VOC_CLASSES)
         log.info("mIoU %.4f over %d images", summary["eval"]["miou"], len(paths))
+    log.info("wrote %d masks to %s", len(paths), masks_dir)
+    if cfg.format == "voc_server":
+        summary["archive"] = str(server_archive(output_dir))
+        log.info("to upload to the VOC evaluation server: %s", summary["archive"])
     summary["config"] = OmegaConf.to_container(cfg, resolve=True)
     write_json(output_dir / "summary.json", summary)
-    log.info("wrote %d masks to %s", len(paths), output_dir / "masks")
     return summary
+
+
+def server_archive(output_dir: Path) -> Path:
+    """``results.tar.gz`` holding ``results/``, as the VOC evaluation server takes an upload."""
+    archive = output_dir / "results.tar.gz"
+    with atomic_path(archive) as tmp, tarfile.open(tmp, "w:gz") as tar:
+        tar.add(output_dir / "results", arcname="results")
+    return archive

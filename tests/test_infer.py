@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 
 import numpy as np
@@ -68,6 +69,35 @@ def test_infer_on_a_voc_split_reports_miou(segmenter: Path, labelled_project: Pa
     summary = read_summary(tmp_path / "runs/tiny/infer")
     assert summary["images"] == 8 and 0 <= summary["eval"]["miou"] <= 1
     assert len(list((tmp_path / "runs/tiny/infer/masks").glob("*.png"))) == 8
+
+
+def test_infer_on_a_split_without_annotations_writes_the_voc_server_layout(
+    segmenter: Path, labelled_project: Path, tmp_path: Path
+) -> None:
+    """VOC's test split has images and a list, no XMLs and no masks: format=voc_server writes class-index palette
+    PNGs where the evaluation server wants them, and the archive to upload."""
+    shutil.copytree(labelled_project / "data", tmp_path / "data")
+    root = next((tmp_path / "data").glob("*/JPEGImages")).parent
+    shutil.rmtree(root / "Annotations")
+    shutil.rmtree(root / "SegmentationClass")
+    result = run_infer(tmp_path, f"ckpt_path={segmenter}", "split=val", "format=voc_server", "scales=[1.0]")
+    assert result.returncode == 0, result.stderr[-2000:]
+    run_dir = tmp_path / "runs/tiny/infer"
+    results = run_dir / "results/VOC2012/Segmentation/comp6_test_cls"
+    names = (root / "ImageSets/Segmentation/val.txt").read_text().split()
+    assert sorted(path.stem for path in results.glob("*.png")) == sorted(names)
+    mask = Image.open(results / f"{names[0]}.png")
+    assert mask.mode == "P" and mask.size == Image.open(root / f"JPEGImages/{names[0]}.jpg").size
+    assert np.array(mask).max() < 21
+    summary = read_summary(run_dir)
+    assert "eval" not in summary and summary["images"] == 8 and summary["archive"] == str(run_dir / "results.tar.gz")
+    with tarfile.open(run_dir / "results.tar.gz") as archive:
+        members = sorted(archive.getnames())
+    assert [m for m in members if m.endswith(".png")] == sorted(
+        f"results/VOC2012/Segmentation/comp6_test_cls/{name}.png" for name in names
+    )
+    result = run_infer(tmp_path, f"ckpt_path={segmenter}", "split=val", "format=server")
+    assert result.returncode == 2 and "format='server' is unknown; use one of masks, voc_server" in result.stderr
 
 
 def test_infer_crf_post_processing_backends_agree(segmenter: Path, labelled_project: Path, tmp_path: Path) -> None:

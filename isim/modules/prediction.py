@@ -21,21 +21,22 @@ from isim.visualize import blend, colorize
 
 
 class SegmenterPrediction(pl.LightningModule):
-    """Softmax averaged over ``scales`` (and flips) -> a VOC-palette mask PNG per image in ``output_dir/masks``,
-    refined by the dense CRF when ``crf`` is given; the confusion matrix against GT where an image has any."""
+    """Softmax averaged over ``scales`` (and flips) -> a VOC-palette mask PNG per image in ``masks_dir`` (and an
+    overlay in ``overlay_dir``, if given), refined by the dense CRF when ``crf`` is given; the confusion matrix
+    against GT where an image has any."""
 
     def __init__(
         self,
         net: Segmenter,
         scales: Sequence[float],
         flip: bool,
-        output_dir: str | Path,
+        masks_dir: str | Path,
         crf: DictConfig | None = None,
-        overlays: bool = False,
+        overlay_dir: str | Path | None = None,
     ) -> None:
         super().__init__()
-        self.net, self.scales, self.flip = net, tuple(scales), flip
-        self.output_dir, self.crf, self.overlays = Path(output_dir), crf, overlays
+        self.net, self.scales, self.flip, self.crf = net, tuple(scales), flip, crf
+        self.masks_dir, self.overlay_dir = Path(masks_dir), Path(overlay_dir) if overlay_dir else None
         self.confusion = MulticlassConfusionMatrix(len(VOC_CLASSES), ignore_index=IGNORE_INDEX)
         self.palette = voc_palette()
 
@@ -47,9 +48,9 @@ class SegmenterPrediction(pl.LightningModule):
         probs = multiscale_flip(lambda x: self.net(x)[0].softmax(1), batch["image"], self.scales, self.flip)
         raws = list(batch["raw"].numpy())
         for name, pred, raw, mask in zip(batch["name"], self.segment(raws, probs), raws, batch["mask"], strict=True):
-            write_png(self.output_dir / "masks" / f"{name}.png", pred, self.palette)
-            if self.overlays:
-                write_png(self.output_dir / "overlays" / f"{name}.png", blend(raw, colorize(pred)))
+            write_png(self.masks_dir / f"{name}.png", pred, self.palette)
+            if self.overlay_dir is not None:
+                write_png(self.overlay_dir / f"{name}.png", blend(raw, colorize(pred)))
             self.confusion.update(torch.from_numpy(pred).long()[None].to(self.device), mask[None].to(self.device))
 
     def segment(self, raws: list[np.ndarray], probs: torch.Tensor) -> list[np.ndarray]:
