@@ -53,13 +53,13 @@ def normalize_cams(cams: torch.Tensor, labels: torch.Tensor, eps: float = 1e-5) 
 def segmenter_probs(
     model: Segmenter, images: torch.Tensor, labels: torch.Tensor, scales: Sequence[float] = (1.0,), flip: bool = True
 ) -> torch.Tensor:
-    """The segmenter's softmax over background and the image's own classes, foreground part: (B, C, H, W).
+    """The segmenter's softmax over background and the image's own classes: (B, 1 + C, H, W), background first.
 
     Logits are averaged over scales and flips first; classes the image does not have take no share.
     """
     logits = multiscale_flip(lambda batch: model(batch)[0], images, scales, flip) / (len(scales) * (1 + flip))
     present = torch.cat([torch.ones_like(labels[:, :1]), labels], 1)
-    return logits.masked_fill(present[:, :, None, None] == 0, float("-inf")).softmax(1)[:, 1:]
+    return logits.masked_fill(present[:, :, None, None] == 0, float("-inf")).softmax(1)
 
 
 def class_scores(
@@ -69,16 +69,22 @@ def class_scores(
     source: str = "cam",
     scales: Sequence[float] = (1.0,),
     flip: bool = True,
-) -> torch.Tensor:
-    """Per-class scores in [0, 1] from ``source``: ``cam`` (normalised CAMs), ``seg`` (the segmenter's
-    softmax) or ``cam+seg`` (their mean)."""
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Per-class scores in [0, 1] from ``source`` (B, C, H, W), and the source's own background score (B, H, W),
+    or None where it has none (CAMs: a background threshold stands in for it).
+
+    ``cam``: normalised CAMs, no background. ``seg``: the segmenter's softmax, its background included: a pixel
+    the segmenter calls background stays background however much the classes get. ``cam+seg``: the mean of the
+    CAMs and the softmax's class part, against the softmax's background."""
     if source not in SCORE_SOURCES:
         raise IsimError(f"label source {source!r} is unknown; use one of {', '.join(SCORE_SOURCES)}")
     if source != "cam" and not isinstance(model, Segmenter):
         raise IsimError(f"label source {source!r} needs a segmenter checkpoint; a classifier only has CAMs")
-    parts = []
+    parts, background = [], None
     if "cam" in source:
         parts.append(normalize_cams(multiscale_cams(model, images, scales, flip), labels))
     if "seg" in source:
-        parts.append(segmenter_probs(model, images, labels, scales, flip))
-    return sum(parts) / len(parts)
+        probs = segmenter_probs(model, images, labels, scales, flip)
+        parts.append(probs[:, 1:])
+        background = probs[:, 0]
+    return sum(parts) / len(parts), background

@@ -53,13 +53,17 @@ def pseudo_labels(
     classes: Sequence[np.ndarray],
     settings: LabelSettings,
     device: str | torch.device = "cpu",
+    backgrounds: Sequence[np.ndarray | None] | None = None,
 ) -> list[np.ndarray]:
     """uint8 label maps from images (H, W, 3), their normalised CAMs (K, H, W) and the CAMs' class indices (K,);
-    the torch backend refines all of them in one CRF call on ``device``."""
+    the torch backend refines all of them in one CRF call on ``device``. The background score of a pixel is its
+    image's ``backgrounds`` map (H, W) where given (a segmenter's own background probability), else the
+    threshold."""
+    backgrounds = list(backgrounds) if backgrounds is not None else [None] * len(cams)
     if settings.confident is None:
-        return _crf_at(images, cams, classes, settings.threshold, settings, device)
-    fgs = _crf_at(images, cams, classes, settings.confident[0], settings, device)
-    bgs = _crf_at(images, cams, classes, settings.confident[1], settings, device)
+        return _crf_at(images, cams, classes, backgrounds, settings.threshold, settings, device)
+    fgs = _crf_at(images, cams, classes, backgrounds, settings.confident[0], settings, device)
+    bgs = _crf_at(images, cams, classes, backgrounds, settings.confident[1], settings, device)
     labels = []
     for fg, bg in zip(fgs, bgs, strict=True):
         label = np.where(fg == 0, IGNORE_INDEX, fg).astype(np.uint8)
@@ -72,12 +76,13 @@ def _crf_at(
     images: Sequence[np.ndarray],
     cams: Sequence[np.ndarray],
     classes: Sequence[np.ndarray],
+    backgrounds: Sequence[np.ndarray | None],
     threshold: float,
     s: LabelSettings,
     device: str | torch.device,
 ) -> list[np.ndarray]:
     keys = [np.concatenate([[0], c]).astype(np.uint8) for c in classes]
-    scores = [np.concatenate([np.full((1, *c.shape[1:]), threshold, np.float32), c]) for c in cams]
+    scores = [_background_first(c, b, threshold) for c, b in zip(cams, backgrounds, strict=True)]
     crf = {
         "gaussian": s.gaussian,
         "bilateral": s.bilateral,
@@ -92,6 +97,13 @@ def _crf_at(
     else:
         raise IsimError(f"crf.unary={s.unary!r} is unknown; use label or softmax")
     return [k[c] for k, c in zip(keys, compact, strict=True)]
+
+
+def _background_first(cams: np.ndarray, background: np.ndarray | None, threshold: float) -> np.ndarray:
+    """Scores (1 + K, H, W): the background's (its own map, or the threshold everywhere), then the classes'."""
+    if background is None:
+        background = np.full(cams.shape[1:], threshold, np.float32)
+    return np.concatenate([background[None], cams]).astype(np.float32)
 
 
 def read_image_for(image_path: Path, cams: np.ndarray) -> np.ndarray:
@@ -111,10 +123,18 @@ def read_image_for(image_path: Path, cams: np.ndarray) -> np.ndarray:
     return image
 
 
-def label_image(image_path: Path, out_path: Path, cams: np.ndarray, classes: np.ndarray, s: LabelSettings) -> None:
+def label_image(
+    image_path: Path,
+    out_path: Path,
+    cams: np.ndarray,
+    classes: np.ndarray,
+    s: LabelSettings,
+    background: np.ndarray | None = None,
+) -> None:
     """One store entry: read the image, refine, write the PNG atomically (runs in a worker)."""
     image = read_image_for(image_path, cams)
-    write_png(out_path, pseudo_labels([image], [cams.astype(np.float32)], [classes], s)[0], voc_palette())
+    (label,) = pseudo_labels([image], [cams.astype(np.float32)], [classes], s, backgrounds=[background])
+    write_png(out_path, label, voc_palette())
 
 
 class LabelStore:
@@ -184,13 +204,16 @@ class LabelWriter:
         self.skipped: dict[str, str] = {}
         self.bar = tqdm(total=total, unit="img", desc="pseudo-labels", disable=not progress, dynamic_ncols=True)
 
-    def submit(self, name: str, cams: np.ndarray, classes: np.ndarray) -> None:
+    def submit(self, name: str, cams: np.ndarray, classes: np.ndarray, background: np.ndarray | None = None) -> None:
+        """Label image ``name`` from its class scores (``pseudo_labels``), in the pool, inline or in a device batch."""
         if self.device is not None:
-            self.batch.append((name, cams.astype(np.float32), classes))
+            self.batch.append((name, cams.astype(np.float32), classes, background))
             if len(self.batch) >= self.batch_size:
                 self._label_batch()
             return
-        args = (self.image_dir / f"{name}.jpg", self.store.path(name), cams.astype(np.float16), classes, self.settings)
+        compact = None if background is None else background.astype(np.float16)  # half the bytes to the workers
+        path = self.image_dir / f"{name}.jpg"
+        args = (path, self.store.path(name), cams.astype(np.float16), classes, self.settings, compact)
         if self.pool is None:
             self._finish(name, lambda: label_image(*args))
             return
@@ -216,16 +239,17 @@ class LabelWriter:
     def _label_batch(self) -> None:
         """The buffered images through one CRF call on the device; an unreadable image fails alone."""
         readable = []
-        for name, cams, classes in self.batch:
+        for name, cams, classes, background in self.batch:
             try:
-                readable.append((name, read_image_for(self.image_dir / f"{name}.jpg", cams), cams, classes))
+                readable.append((name, read_image_for(self.image_dir / f"{name}.jpg", cams), cams, classes, background))
             except IsimError as error:
                 self._fail(name, error)
         self.batch = []
         if not readable:
             return
-        names, images, cams, classes = zip(*readable, strict=True)
-        for name, label in zip(names, pseudo_labels(images, cams, classes, self.settings, self.device), strict=True):
+        names, images, cams, classes, backgrounds = zip(*readable, strict=True)
+        labels = pseudo_labels(images, cams, classes, self.settings, self.device, backgrounds)
+        for name, label in zip(names, labels, strict=True):
             self._finish(name, lambda name=name, label=label: write_png(self.store.path(name), label, voc_palette()))
 
     def _collect(self) -> None:

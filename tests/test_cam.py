@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from isim.cam import multiscale_cams, normalize_cams
+from isim.cam import class_scores, multiscale_cams, normalize_cams
 from isim.models import Classifier
+from isim.models.segmenter import Segmenter
 
 
 @pytest.fixture(scope="module")
@@ -47,3 +48,21 @@ def test_normalize_keeps_only_present_classes_at_max_one() -> None:
     peaks = out.amax((2, 3))
     torch.testing.assert_close(peaks[labels.bool()], torch.ones(3), atol=1e-4, rtol=0)
     assert (peaks[~labels.bool()] == 0).all()
+
+
+def test_segmenter_scores_keep_its_own_background(net: Classifier) -> None:
+    """label_source=seg: the class scores are the segmenter's softmax over background and the image's classes,
+    and its background probability comes with them (no constant stands in for it); CAMs bring none."""
+    torch.manual_seed(0)
+    segmenter = Segmenter("resnet10t", 21, pretrained=False).eval()
+    images, labels = torch.randn(2, 3, 48, 64), torch.zeros(2, 20)
+    labels[0, [2, 7]] = labels[1, 11] = 1
+    scores, background = class_scores(segmenter, images, labels, "seg", scales=(1.0,), flip=False)
+    with torch.no_grad():
+        logits = segmenter(images)[0]
+    present = torch.cat([torch.ones(2, 1), labels], 1)[:, :, None, None] > 0
+    softmax = logits.masked_fill(~present, float("-inf")).softmax(1)
+    torch.testing.assert_close(background, softmax[:, 0])
+    torch.testing.assert_close(scores, softmax[:, 1:])
+    torch.testing.assert_close(background + scores.sum(1), torch.ones(2, 48, 64))
+    assert class_scores(net, images, labels, "cam")[1] is None

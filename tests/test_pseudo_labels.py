@@ -43,6 +43,20 @@ def test_labels_take_the_class_index_and_follow_the_edge(unary: str) -> None:
     assert overlap(label) > overlap(seed) + 0.05
 
 
+def test_a_segmenters_own_background_decides_where_classes_are_weak() -> None:
+    """A crafted segmenter softmax: class 8 gets 0.3 everywhere off the disc and 0.85 on it. With its own
+    background (0.7 off the disc) the labels are the disc; a constant background score of 0.05 in its place
+    (what relabelling did) calls every pixel class 8."""
+    image, truth = two_region_image()
+    foreground = np.where(truth == 1, 0.85, 0.3).astype(np.float32)[None]
+    (label,) = pseudo_labels(
+        [image], [foreground], [np.array([8])], settings(threshold=0.05), backgrounds=[1 - foreground[0]]
+    )
+    assert ((label == 8) == (truth == 1)).mean() > 0.98 and set(np.unique(label)) == {0, 8}
+    (constant,) = pseudo_labels([image], [foreground], [np.array([8])], settings(threshold=0.05))
+    assert (constant == 8).all()
+
+
 def test_two_threshold_mode_ignores_the_uncertain_band() -> None:
     image, _ = two_region_image()
     (label,) = pseudo_labels([image], [disc_cam() * 0.5], [np.array([3])], settings(confident=(0.45, 0.05)))

@@ -50,14 +50,17 @@ class CAMInference(pl.LightningModule):
             self.writer.skip(name, message)
         if "image" not in batch:
             return
-        cams = class_scores(self.net, batch["image"], batch["labels"], self.source, self.scales, self.flip)
+        cams, backgrounds = class_scores(self.net, batch["image"], batch["labels"], self.source, self.scales, self.flip)
         self.sweep.update(cams, batch["mask"])
-        for name, cam, labels, mask in zip(batch["name"], cams, batch["labels"], batch["mask"], strict=True):
+        for index, (name, cam, labels, mask) in enumerate(
+            zip(batch["name"], cams, batch["labels"], batch["mask"], strict=True)
+        ):
             if self.save_dir is not None:
                 save_cams(self.save_dir / f"{name}.npz", cam, labels)
             if self.writer is not None:
                 classes = labels.nonzero().flatten()
-                self.writer.submit(name, cam[classes].cpu().numpy(), (classes + 1).cpu().numpy())
+                background = None if backgrounds is None else backgrounds[index].cpu().numpy()
+                self.writer.submit(name, cam[classes].cpu().numpy(), (classes + 1).cpu().numpy(), background)
             if len(self.kept) < self.keep:
                 self.kept.append((name, cam.cpu().numpy(), mask.cpu().numpy()))
 
