@@ -52,15 +52,16 @@ class CAMInference(pl.LightningModule):
             return
         cams, backgrounds = class_scores(self.net, batch["image"], batch["labels"], self.source, self.scales, self.flip)
         self.sweep.update(cams, batch["mask"])
-        for index, (name, cam, labels, mask) in enumerate(
-            zip(batch["name"], cams, batch["labels"], batch["mask"], strict=True)
+        backgrounds = [None] * len(cams) if backgrounds is None else backgrounds  # CAMs have none: the threshold
+        for name, cam, labels, mask, background in zip(
+            batch["name"], cams, batch["labels"], batch["mask"], backgrounds, strict=True
         ):
             if self.save_dir is not None:
                 save_cams(self.save_dir / f"{name}.npz", cam, labels)
             if self.writer is not None:
                 classes = labels.nonzero().flatten()
-                background = None if backgrounds is None else backgrounds[index].cpu().numpy()
-                self.writer.submit(name, cam[classes].cpu().numpy(), (classes + 1).cpu().numpy(), background)
+                own = None if background is None else background.cpu().numpy()
+                self.writer.submit(name, cam[classes].cpu().numpy(), (classes + 1).cpu().numpy(), own)
             if len(self.kept) < self.keep:
                 self.kept.append((name, cam.cpu().numpy(), mask.cpu().numpy()))
 
