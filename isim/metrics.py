@@ -76,9 +76,12 @@ def sweep_report(confusion: torch.Tensor, thresholds: Sequence[float], class_nam
             }
         )
     best = max(rows, key=lambda row: row["miou"])
+    ends = (min(row["threshold"] for row in rows), max(row["threshold"] for row in rows))
     return {
         "best_threshold": best["threshold"],
         "best_miou": best["miou"],
+        # The best at the lowest or highest threshold swept: the true optimum may lie beyond the range.
+        "best_at_edge": len(rows) > 1 and best["threshold"] in ends,
         "best_per_class_iou": best["per_class_iou"],
         "sweep": rows,
     }

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
 from pathlib import Path
 
-from isim.io import write_json
+import numpy as np
+
+from isim.io import write_json, write_png
 from tests.conftest import refuse_non_json
 
 
@@ -17,3 +21,14 @@ def test_summaries_are_strict_json_with_null_for_non_finite_values(tmp_path: Pat
         "rates": [None, None, 2],
     }
     assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_atomic_files_get_the_permissions_of_the_umask(tmp_path: Path) -> None:
+    """A store or summary shared on a cluster's filesystem must be readable by the group, as any new file is."""
+    previous = os.umask(0o022)
+    try:
+        write_json(tmp_path / "summary.json", {"a": 1})
+        write_png(tmp_path / "label.png", np.zeros((4, 4), np.uint8))
+    finally:
+        os.umask(previous)
+    assert {stat.S_IMODE((tmp_path / name).stat().st_mode) for name in ("summary.json", "label.png")} == {0o644}

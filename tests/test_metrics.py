@@ -53,3 +53,20 @@ def test_labels_from_cams_uses_background_below_threshold() -> None:
     cams = torch.tensor([[[[0.1, 0.6]], [[0.3, 0.2]]]])  # 2 classes, 1x2 image
     assert labels_from_cams(cams, 0.25).tolist() == [[[2, 1]]]
     assert labels_from_cams(cams, 0.5).tolist() == [[[0, 1]]]
+
+
+def test_a_sweep_whose_best_is_an_end_of_the_range_says_so() -> None:
+    masks = torch.zeros(1, 8, 8, dtype=torch.long)
+    masks[0, :, :4] = 1
+    cams = torch.full((1, 1, 8, 8), 0.6)  # class 1 everywhere at 0.6: thresholds above it find the background
+    cams[0, 0, :, :4] = 0.9
+    rising = sweep_report(confusion_for(cams, masks, [0.3, 0.5, 0.7]), [0.3, 0.5, 0.7], ["bg", "a"])
+    assert rising["best_threshold"] == 0.7 and rising["best_at_edge"]
+    peaked = sweep_report(confusion_for(cams, masks, [0.3, 0.7, 0.95]), [0.3, 0.7, 0.95], ["bg", "a"])
+    assert peaked["best_threshold"] == 0.7 and not peaked["best_at_edge"]
+
+
+def confusion_for(cams: torch.Tensor, masks: torch.Tensor, thresholds: list[float]) -> torch.Tensor:
+    sweep = ThresholdSweep(thresholds, num_classes=2)
+    sweep.update(cams, masks)
+    return sweep.compute()

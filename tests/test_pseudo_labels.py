@@ -9,8 +9,11 @@ import pytest
 import torch
 from PIL import Image
 
+from isim.data import VOCDataset, voc_palette
 from isim.errors import IsimError
+from isim.io import write_png
 from isim.pseudo_labels import LabelSettings, LabelStore, LabelWriter, pseudo_labels
+from isim.stages.labels import evaluate_store
 from tests.test_crf import IRN, two_region_image
 
 
@@ -126,3 +129,17 @@ def test_cam_size_mismatch_names_the_image(tiny_voc: Path, tmp_path: Path) -> No
     writer = LabelWriter(LabelStore(tmp_path), tiny_voc / "JPEGImages", settings(), 0, progress=False)
     with pytest.raises(IsimError, match=r"CAMs of .*synthetic_00000\.jpg are 32x32 but the image is 64x64"):
         writer.submit("synthetic_00000", np.ones((1, 32, 32), np.float32), np.array([1]))
+
+
+def test_label_miou_in_both_conventions(tiny_voc: Path, tmp_path: Path) -> None:
+    """A store equal to GT except an ignored (255) band on the objects: perfect over the pixels it labels, and
+    worse in IRN's convention, where the ignored pixels count as background."""
+    data = VOCDataset(tiny_voc, "train").subset([f"synthetic_{i:05d}" for i in range(3)])
+    store = LabelStore(tmp_path / "store")
+    for name in data.names:
+        label = data.read_mask(name).copy()
+        label[(label > 0) & (label < 255) & (np.arange(label.shape[1]) % 4 == 0)] = 255
+        write_png(store.path(name), label, voc_palette())
+    report = evaluate_store(store, data)
+    assert report["miou"] == 1.0 and report["ignored_fraction"] > 0.01
+    assert report["miou_ignored_as_background"] < 0.95

@@ -70,6 +70,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         report["best_threshold"],
         summary["cam"]["all_background_miou"],
     )
+    if report["best_at_edge"]:
+        threshold = report["best_threshold"]
+        log.warning("best CAM threshold %.2f is an end of cam.thresholds; the optimum may lie beyond", threshold)
     _log(trainer, report, inference, datamodule.split(cfg.cam.split), output_dir)
     return finish(trainer, output_dir, summary)
 

@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from isim.data import VOC_CLASSES, VOCDataset, WSSSDataModule
 from isim.errors import IsimError
-from isim.metrics import confusion_matrix, segmentation_report
+from isim.metrics import confusion_matrix, mean_iou, segmentation_report
 from isim.models import Classifier
 from isim.models.segmenter import Segmenter
 from isim.modules import CAMInference
@@ -198,9 +198,12 @@ def load_cam_network(path: Path) -> Classifier | Segmenter:
 
 
 def evaluate_store(store: LabelStore, data: VOCDataset, previous: LabelStore | None = None) -> dict[str, Any]:
-    """Label mIoU, per-class IoU / precision / recall against GT over the pixels the labels do not ignore;
-    with ``previous``, the fraction of pixels whose label changed from it."""
+    """Label mIoU, per-class IoU / precision / recall against GT over the pixels the labels do not ignore, and
+    the mIoU in IRN's convention, where an ignored (255) label counts as background, so a mode that ignores
+    pixels cannot look better by leaving out the hard ones; with ``previous``, the fraction of pixels whose label
+    changed from it."""
     confusion = torch.zeros(len(VOC_CLASSES), len(VOC_CLASSES), dtype=torch.long)
+    as_background = torch.zeros_like(confusion)
     ignored = valid = changed = total = 0
     for name in tqdm(data.names, desc="evaluating labels", unit="img", leave=False):
         if not store.path(name).is_file():
@@ -217,9 +220,12 @@ def evaluate_store(store: LabelStore, data: VOCDataset, previous: LabelStore | N
         ignored += int((counted & (label == 255)).sum())
         target = np.where(label == 255, 255, gt)
         confusion += confusion_matrix(torch.from_numpy(label), torch.from_numpy(target), len(VOC_CLASSES))
+        filled = np.where(label == 255, 0, label)
+        as_background += confusion_matrix(torch.from_numpy(filled), torch.from_numpy(gt), len(VOC_CLASSES))
     report = {"changed_fraction": changed / total} if total else {}
     if valid:
         report.update(segmentation_report(confusion, VOC_CLASSES), ignored_fraction=ignored / valid)
+        report["miou_ignored_as_background"] = mean_iou(as_background)
     return report
 
 
