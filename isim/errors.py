@@ -19,10 +19,12 @@ def user_message(error: BaseException) -> str | None:
 
     Hydra's instantiate wraps errors raised in constructors (found through ``__cause__``), and
     DataLoader workers re-raise as ``IsimError("Caught IsimError in ... Traceback ...: <message>")``,
-    whose last line is the original message.
+    whose last line is the original message. Only explicit chaining (``raise ... from``) is followed: an
+    unexpected error raised while an IsimError was being handled (``__context__``) is a bug, and keeps its
+    traceback.
     """
     while error is not None and not isinstance(error, IsimError):
-        error = error.__cause__ or error.__context__
+        error = error.__cause__
     if error is None:
         return None
     text = str(error).strip()

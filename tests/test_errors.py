@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from isim.data import VOCDataset
-from isim.errors import IsimError
+from isim.errors import IsimError, exit_on_user_error
 from isim.stages.common import build_trainer
 from isim.sweep import objective
 from tests.conftest import TINY, TINY_RUN, compose_config, run_train
@@ -124,3 +124,27 @@ def test_optimized_metric_is_a_dotted_path_to_a_number() -> None:
     for wrong in ("rounds.2.val_miou", "name", "val.miou"):
         with pytest.raises(IsimError, match=f"optimized_metric={wrong} is not a number in the iterate stage"):
             objective(summary, wrong)
+
+
+def test_a_bug_while_handling_a_user_error_keeps_its_traceback() -> None:
+    """An error raised inside an ``except IsimError`` block is a bug (its traceback is shown); a library that
+    wraps the IsimError explicitly (``raise ... from``, as Hydra's instantiate does) still gives the one line."""
+
+    def handler_with_a_bug() -> None:
+        try:
+            raise IsimError("data.root=/nowhere does not exist")
+        except IsimError:
+            {}["missing"]  # the bug
+
+    with pytest.raises(KeyError, match="missing"):
+        exit_on_user_error(handler_with_a_bug)
+
+    def wrapped() -> None:
+        try:
+            raise IsimError("data.root=/nowhere does not exist")
+        except IsimError as error:
+            raise RuntimeError("a library's wrapper") from error
+
+    with pytest.raises(SystemExit) as stopped:
+        exit_on_user_error(wrapped)
+    assert stopped.value.code == 2
