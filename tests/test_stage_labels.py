@@ -124,8 +124,10 @@ def test_wrong_checkpoint_is_refused(project: Path, tmp_path: Path) -> None:
 
 
 def test_ddp_two_processes_give_the_same_store(project: Path) -> None:
-    run_train(project, *LABELS, "trainer=ddp_cpu", "labels.store_dir=${paths.output_dir}/store_ddp")
+    """Rank 0's list of images to label, broadcast; by default each rank's CRF pool takes its share of the cores."""
+    run_train(project, *LABELS, "trainer=ddp_cpu", "crf.workers=null", "labels.store_dir=${paths.output_dir}/store_ddp")
     run_dir = project / "runs/tiny/labels"
+    assert read_summary(run_dir)["crf_workers"] == max(1, len(os.sched_getaffinity(0)) // 2)
     single, ddp = store_arrays(run_dir / "store"), store_arrays(run_dir / "store_ddp")
     assert single.keys() == ddp.keys() and all(np.array_equal(single[k], ddp[k]) for k in single)
     assert any((labels > 0).any() for labels in single.values())  # not a trivial all-background store
