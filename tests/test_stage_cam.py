@@ -24,8 +24,9 @@ def test_cam_stage_writes_summary_checkpoint_cams_and_overlays(cam_run: Path) ->
     summary = read_summary(run_dir)
     cam = summary["cam"]
     assert summary["stage"] == "cam" and summary["data"]["images"] == 24
-    assert [row["threshold"] for row in cam["sweep"]] == pytest.approx([0.05 * i for i in range(1, 11)])
+    assert [row["threshold"] for row in cam["sweep"]] == pytest.approx([0.05 * i for i in range(1, 15)])
     assert cam["best_miou"] == max(row["miou"] for row in cam["sweep"])
+    assert cam["best_at_edge"] == (cam["best_threshold"] in (0.05, 0.7))
     assert 0 < cam["all_background_miou"] < 1 and len(cam["best_per_class_iou"]) == 21
     assert "val/mAP" in summary["classifier"] and summary["timings"]["train_s"] > 0
     assert (run_dir / "checkpoints/last.ckpt").is_file() and (run_dir / ".hydra/config.yaml").is_file()

@@ -124,7 +124,7 @@ def test_wrong_checkpoint_is_refused(project: Path, tmp_path: Path) -> None:
 
 
 def test_ddp_two_processes_give_the_same_store(project: Path) -> None:
-    """Rank 0's list of images to label, broadcast; by default each rank's CRF pool takes its share of the cores."""
+    """By default each rank's CRF pool takes its share of the node's cores."""
     run_train(project, *LABELS, "trainer=ddp_cpu", "crf.workers=null", "labels.store_dir=${paths.output_dir}/store_ddp")
     run_dir = project / "runs/tiny/labels"
     assert read_summary(run_dir)["crf_workers"] == max(1, len(os.sched_getaffinity(0)) // 2)

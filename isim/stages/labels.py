@@ -82,13 +82,10 @@ def make_labels(
 ) -> dict[str, Any]:
     """Label ``data`` into ``store`` (sharded over DDP ranks), then evaluate it on rank 0 (against GT, and
     against ``previous`` labels: the changed fraction); resumes a store of the same job."""
-    todo = None
     if trainer.is_global_zero:
         store.open(_producer(job, data, datamodule), overwrite, job.checkpoint)
-        todo = data.names if overwrite else store.missing(data.names)
-    # One list for every rank, made before any rank writes (ranks listing the store themselves could see other
-    # images missing once rank 0 writes, and their shards would disagree); the broadcast is also the barrier.
-    todo = trainer.strategy.broadcast(todo, src=0)
+    trainer.strategy.barrier()
+    todo = data.names if overwrite else store.missing(data.names)
     on_cpu = isinstance(trainer.accelerator, CPUAccelerator)
     # The torch CRF on an accelerator runs on the device right after the scores: no worker processes.
     device = None if on_cpu or job.settings.backend != "torch" else trainer.strategy.root_device
