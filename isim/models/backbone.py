@@ -30,7 +30,7 @@ def create_backbone(name: str, pretrained: bool | str, output_stride: int = 16) 
         )
 
     try:
-        features = from_hub(name, build)
+        features = from_hub(name, pretrained, build)
     except (TypeError, AssertionError, ValueError) as error:
         raise IsimError(
             f"model.backbone={name!r} cannot run at model.output_stride={output_stride} ({error}); "

@@ -41,7 +41,7 @@ class Segmenter(nn.Module):
             )
 
         try:
-            self.model = from_hub(backbone, build)
+            self.model = from_hub(backbone, pretrained, build)
         except KeyError as error:
             raise IsimError(f"model.decoder={decoder!r} is not an SMP architecture ({error})") from None
         if isinstance(pretrained, str):

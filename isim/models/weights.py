@@ -23,9 +23,11 @@ T = TypeVar("T")
 CHECKPOINT_BACKBONES = ("net.backbone.", "net.model.encoder.model.")
 
 
-def from_hub(backbone: str, build: Callable[[], T]) -> T:
-    """``build()`` a network that downloads ``backbone``'s weights; a failed download (offline, empty cache) is
-    one line saying what to do."""
+def from_hub(backbone: str, pretrained: bool | str, build: Callable[[], T]) -> T:
+    """``build()`` a network; where it downloads ``backbone``'s weights (``pretrained=True``), a failed download
+    (offline, empty cache) is one line saying what to do. Other errors are not the hub's and pass unchanged."""
+    if pretrained is not True:
+        return build()
     try:
         return build()
     except OSError as error:

@@ -14,6 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from isim.data import VOC_CLASSES, WSSSDataModule
 from isim.errors import IsimError, brief
+from isim.models.weights import CHECKPOINT_BACKBONES
 from isim.modules import SegmenterModule
 from isim.pseudo_labels import LabelStore
 from isim.stages.common import build_datamodule, build_trainer, finish, resume_checkpoint, timed
@@ -80,8 +81,9 @@ def load_weights(module: SegmenterModule, path: Path) -> None:
             f"{path} has backbone {saved.get('backbone')!r}, not model.backbone="
             f"{module.hparams.backbone!r}; warm starts need the same backbone"
         )
-    if "decoder" not in saved:  # a classifier: net.backbone.* is the encoder's timm model, net.head.* the head
-        weights = {key.replace("net.backbone.", "net.model.encoder.model.", 1): value for key, value in weights.items()}
+    if "decoder" not in saved:  # a classifier: its backbone is the encoder's timm model, net.head.* the head
+        classifier, segmenter = CHECKPOINT_BACKBONES
+        weights = {key.replace(classifier, segmenter, 1): value for key, value in weights.items()}
     try:
         unexpected = module.load_state_dict(weights, strict="decoder" in saved).unexpected_keys
         if unexpected:
