@@ -54,10 +54,8 @@ def by_hand(cfg, datamodule: WSSSDataModule, epochs: int) -> list[float]:
     hp, net = module.hparams, module.net.train()
     loader = datamodule.train_dataloader()
     config = sgd_poly(
-        net.model.encoder.parameters(),
-        net.heads(),
+        module.lr_groups(),
         hp.lr,
-        hp.head_lr_mult,
         hp.momentum,
         hp.weight_decay,
         epochs * len(loader),

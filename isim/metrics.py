@@ -71,10 +71,18 @@ def sweep_report(confusion: torch.Tensor, thresholds: Sequence[float], class_nam
         rows.append(
             {
                 "threshold": round(float(threshold), 4),
-                "miou": mean_iou(matrix),
+                "miou": _finite(mean_iou(matrix)),
                 "per_class_iou": {name: _finite(iou) for name, iou in zip(class_names, ious.tolist(), strict=True)},
             }
         )
+    if not confusion.sum():  # no GT pixel at all (a dataset without masks): nothing to choose from
+        return {
+            "best_threshold": None,
+            "best_miou": None,
+            "best_at_edge": False,
+            "best_per_class_iou": {},
+            "sweep": rows,
+        }
     best = max(rows, key=lambda row: row["miou"])
     ends = (min(row["threshold"] for row in rows), max(row["threshold"] for row in rows))
     return {

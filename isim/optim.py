@@ -1,35 +1,33 @@
-"""SGD with momentum and a poly learning-rate decay over the whole run, as in DeepLab and IRN."""
+"""SGD with a poly learning-rate decay, as in DeepLab, IRN and ISIM."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 import torch
 from torch import nn
 
+ParamGroup = tuple[Iterable[nn.Parameter], float]  # parameters and their multiple of the base learning rate
+
 
 def sgd_poly(
-    base: Iterable[nn.Parameter],
-    heads: Iterable[nn.Parameter],
-    lr: float,
-    head_lr_mult: float,
-    momentum: float,
-    weight_decay: float,
-    total_steps: int,
-    power: float,
+    groups: Sequence[ParamGroup], lr: float, momentum: float, weight_decay: float, total_steps: int, power: float
 ) -> dict:
-    """A Lightning optimizer config: ``heads`` train at ``head_lr_mult`` x ``lr``; the decay is stepped per batch.
+    """A Lightning optimizer config: each group trains at its multiple of ``lr``, decayed per batch by
+    (1 - step / total_steps) ** power over the run (``total_steps``: every epoch's batches).
 
-    ``total_steps`` is the whole run (every epoch), so the rate reaches zero at the last step.
+    ``power`` 0 keeps the rate constant. The last step runs at ``(1 / total_steps) ** power`` of the rate, as IRN's
+    PolyOptimizer leaves it. IRN and ISIM pass their weight decay where torch's SGD takes momentum, so their
+    effective momentum is 1e-4 (and the decay applies through the groups): set ``momentum`` to match them.
     """
     optimizer = torch.optim.SGD(
-        [{"params": list(base), "lr": lr}, {"params": list(heads), "lr": lr * head_lr_mult}],
+        [{"params": list(params), "lr": lr * mult} for params, mult in groups],
         lr=lr,
         momentum=momentum,
         weight_decay=weight_decay,
     )
     total_steps = max(int(total_steps), 1)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: (1 - min(step, total_steps) / total_steps) ** power
+        optimizer, lambda step: (1 - min(step, total_steps - 1) / total_steps) ** power
     )
     return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -35,10 +35,38 @@ def test_default_is_the_synthetic_cpu_experiment(tmp_path: Path) -> None:
     assert compose_config("stage=round", "round=3").hydra.run.dir.endswith("runs/synthetic/round-3")
 
 
-def test_real_voc_defaults_to_pretrained_resnet50_recipe() -> None:
-    cfg = compose_config("experiment=voc12_resnet50")
-    assert cfg.data.name == "voc12" and cfg.model.pretrained is True and cfg.model.backbone == "resnet50"
-    assert cfg.cam.scales == [1.0, 0.5, 1.5, 2.0]
+SEED_RUNS = {  # scripts/experiments.sh of cenkbircanoglu/isim: backbone, batch, frozen BatchNorm
+    "voc12_resnet50": ("resnet50", 48, True),
+    "voc12_resnet101": ("resnet101", 32, True),
+    "voc12_resnest200": ("resnest200e", 16, False),
+}
+
+
+@pytest.mark.parametrize("preset", sorted(SEED_RUNS))
+def test_voc_presets_are_the_reference_schedule(preset: str) -> None:
+    cfg = compose_config(f"experiment={preset}")
+    backbone, batch, freeze_bn = SEED_RUNS[preset]
+    assert cfg.data.name == "voc12" and cfg.data.train_split == "train_aug" and cfg.labels.split == "train_aug"
+    assert cfg.data.batch_size == batch and cfg.data.crop_size == 512 and cfg.data.mask_dir == "SegmentationClassAug"
+    assert cfg.model.backbone == backbone and cfg.model.pretrained is True and cfg.model.output_stride == 16
+    assert cfg.model.segmenter.freeze_bn is freeze_bn and cfg.model.classifier.freeze_bn is freeze_bn
+    assert list(cfg.model.segmenter.decoder_args.decoder_atrous_rates) == [6, 12, 18]
+    classifier, segmenter = cfg.model.classifier, cfg.model.segmenter
+    assert (classifier.lr, classifier.head_lr_mult, classifier.momentum, classifier.weight_decay) == (
+        0.1,
+        10,
+        1e-4,
+        1e-4,
+    )
+    assert cfg.cam.max_epochs == 5 and classifier.poly_power == 0.9
+    # The segmenter trains at the floor the seed's poly decay reaches after 5 epochs of its batch size.
+    floor = 0.1 * (1 / (5 * (10582 // batch))) ** 0.9
+    assert segmenter.lr == pytest.approx(floor, rel=0.02) and segmenter.poly_power == 0
+    assert (segmenter.decoder_lr_mult, segmenter.head_lr_mult, segmenter.momentum) == (1, 10, 1e-4)
+    it = cfg.iterate
+    assert (it.rounds, it.epochs_per_round, it.label_source, it.threshold) == (10, 25, "cam", 0.3)
+    assert list(it.scales) == [1.0, 0.5, 1.5, 2.0] and it.flip is True and cfg.labels.threshold == 0.3
+    assert cfg.crf.gt_prob == 0.7 and cfg.crf.iterations == 10 and cfg.crf.bilateral.srgb == 5
 
 
 def test_config_objects_instantiate(tmp_path: Path, tiny_voc: Path) -> None:

@@ -55,6 +55,18 @@ def test_rerun_resumes_the_finished_run_and_gives_the_same_numbers(cam_run: Path
     assert again["cam"]["sweep"] == first["cam"]["sweep"]
 
 
+def test_cam_train_false_scores_a_given_checkpoint_in_cam_eval(cam_run: Path) -> None:
+    trained = read_summary(cam_run / "runs/tiny/cam")
+    checkpoint = cam_run / "runs/tiny/cam/checkpoints/last.ckpt"
+    run_train(cam_run, *TINY, "name=tiny", "cam.train=false", f"ckpt_path={checkpoint}")
+    scored = read_summary(cam_run / "runs/tiny/cam-eval")
+    assert scored["cam"]["sweep"] == trained["cam"]["sweep"]  # the same network's CAMs, not retrained
+    assert scored["model"] == {"backbone": "resnet10t", "checkpoint": str(checkpoint), "network": "Classifier"}
+    assert scored["classifier"] == {} and read_summary(cam_run / "runs/tiny/cam") == trained  # cam/ untouched
+    missing = run_train(cam_run, *TINY, "name=tiny", "cam.train=false", check=False)
+    assert missing.returncode == 2 and "cam.train=false scores a checkpoint's CAMs: give ckpt_path=" in missing.stderr
+
+
 def test_resume_refuses_a_checkpoint_of_other_settings(cam_run: Path) -> None:
     result = run_train(cam_run, *TINY, "name=tiny", "model.classifier.lr=0.5", check=False)
     assert result.returncode == 2 and "lr: 0.01 -> 0.5" in result.stderr and "name=<new name>" in result.stderr

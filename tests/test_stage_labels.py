@@ -41,11 +41,39 @@ def test_labels_stage_writes_a_complete_evaluated_store(project: Path) -> None:
     assert manifest["checkpoint"].endswith("runs/tiny/cam/checkpoints/last.ckpt")
     assert len(list((run_dir / "store").glob("*.png"))) == 24 and summary["skipped"] == {}
     cam = read_summary(project / "runs/tiny/cam")["cam"]
-    assert summary["threshold"] == cam["best_threshold"] and summary["cam_best_miou"] == cam["best_miou"]
+    assert summary["threshold"] == 0.15 and summary["cam_best_miou"] == cam["best_miou"]  # the preset's constant
+    assert summary["uses_gt"] is False and read_summary(project / "runs/tiny/cam")["uses_gt"] is False
     labels = summary["labels"]
     assert 0 < labels["miou"] <= 1 and set(labels["per_class"]["background"]) == {"iou", "precision", "recall"}
     assert labels["ignored_fraction"] == 0  # single-threshold mode ignores nothing
     assert len(list((run_dir / "overlays").glob("*.png"))) == 2
+
+
+def test_oracle_threshold_is_the_gt_best_and_says_so(project: Path, tmp_path: Path) -> None:
+    shutil.copytree(project / "runs/tiny/cam", tmp_path / "runs/tiny/cam")
+    shutil.copytree(project / "data", tmp_path / "data")
+    run_train(tmp_path, *LABELS, "labels.threshold=oracle")
+    summary = read_summary(tmp_path / "runs/tiny/labels")
+    assert summary["threshold"] == read_summary(project / "runs/tiny/cam")["cam"]["best_threshold"]
+    assert summary["uses_gt"] is True
+
+
+def test_without_gt_masks_the_pipeline_makes_the_same_labels(project: Path, tiny_voc: Path, tmp_path: Path) -> None:
+    """GT masks only score: a copy of the data without them gives byte-identical labels, and says it cannot score."""
+    data = Path(shutil.copytree(tiny_voc, tmp_path / "voc"))
+    shutil.rmtree(data / "SegmentationClass")
+    no_masks = [f"data.root={data}", "data.synthetic=null"]
+    run_train(tmp_path, *LABELS, *no_masks, "stage=cam")
+    run_train(tmp_path, *LABELS, *no_masks)
+    cam, labels = read_summary(tmp_path / "runs/tiny/cam")["cam"], read_summary(tmp_path / "runs/tiny/labels")
+    assert cam["best_miou"] is None and cam["best_threshold"] is None and not cam["best_at_edge"]
+    assert labels["labels"]["scored"] is False and labels["labels"]["miou"] is None
+    ours, reference = tmp_path / "runs/tiny/labels/store", project / "runs/tiny/labels/store"
+    names = sorted(p.name for p in reference.glob("*.png"))
+    assert names == sorted(p.name for p in ours.glob("*.png")) and len(names) == 24
+    assert all((ours / name).read_bytes() == (reference / name).read_bytes() for name in names)
+    oracle = run_train(tmp_path, *LABELS, *no_masks, "labels.threshold=oracle", "labels.overwrite=true", check=False)
+    assert oracle.returncode == 2 and "labels.threshold=oracle needs GT masks" in oracle.stderr
 
 
 def test_rerun_labels_only_what_is_missing(project: Path) -> None:

@@ -43,21 +43,24 @@ def dense_crf(
     """Marginals (n_i, H_i, W_i) for each image (H_i, W_i, 3 uint8) and its unary energy (n_i, H_i, W_i),
     all on the unaries' device."""
     device = unaries[0].device
-    sizes = tuple((int(u.shape[1]), int(u.shape[2])) for u in unaries)
-    num_labels = max(unary.shape[0] for unary in unaries)
-    unary = torch.cat([_pad_labels(u, num_labels).flatten(1) for u in unaries], 1)  # (L, N): softmax is over L
-    colours = torch.cat([image.to(device).reshape(-1, 3).float() for image in images])
-    positions, groups = _positions(sizes, device)
-    kernels = [
-        _Kernel(torch.cat([positions / bilateral["sxy"], colours / bilateral["srgb"]], 1), groups, bilateral["compat"]),
-        _smoothness_kernel(sizes, float(gaussian["sxy"]), float(gaussian["compat"]), device),
-    ]
-    q = torch.softmax(-unary, 0)
-    for _ in range(iterations):
-        energy = -unary
-        for kernel in kernels:
-            energy = energy + kernel(q.T.contiguous()).T
-        q = torch.softmax(energy, 0)
+    with torch.autocast(device.type, enabled=False):  # callers may run under autocast: the lattice needs fp32
+        sizes = tuple((int(u.shape[1]), int(u.shape[2])) for u in unaries)
+        num_labels = max(unary.shape[0] for unary in unaries)
+        unary = torch.cat([_pad_labels(u, num_labels).flatten(1) for u in unaries], 1)  # (L, N): softmax is over L
+        colours = torch.cat([image.to(device).reshape(-1, 3).float() for image in images])
+        positions, groups = _positions(sizes, device)
+        kernels = [
+            _Kernel(
+                torch.cat([positions / bilateral["sxy"], colours / bilateral["srgb"]], 1), groups, bilateral["compat"]
+            ),
+            _smoothness_kernel(sizes, float(gaussian["sxy"]), float(gaussian["compat"]), device),
+        ]
+        q = torch.softmax(-unary, 0)
+        for _ in range(iterations):
+            energy = -unary
+            for kernel in kernels:
+                energy = energy + kernel(q.T.contiguous()).T
+            q = torch.softmax(energy, 0)
     pixels = [height * width for height, width in sizes]
     return [part.reshape(-1, *u.shape[1:])[: u.shape[0]] for part, u in zip(q.split(pixels, 1), unaries, strict=True)]
 

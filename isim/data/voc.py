@@ -31,6 +31,12 @@ class Sample:
     mask: np.ndarray | None  # H x W uint8 class indices, 255 = ignore; None without GT
 
 
+SBD_HINT = (
+    " (SBD's 10,582-name train_aug.txt ships with IRN and ISIM, github.com/jiwoon-ahn/irn voc12/train_aug.txt; "
+    "without SBD: data.train_split=train data.mask_dir=SegmentationClass)"
+)
+
+
 def read_split(root: Path, split: str) -> list[str]:
     """Image names of ``split``: a name under ImageSets/Segmentation, or a path to a .txt list.
 
@@ -38,7 +44,10 @@ def read_split(root: Path, split: str) -> list[str]:
     """
     path = Path(split) if split.endswith(".txt") else root / "ImageSets" / "Segmentation" / f"{split}.txt"
     if not path.is_file():
-        raise IsimError(f"split list {path} not found; set data.train_split/val_split to a split name or a .txt file")
+        hint = SBD_HINT if "train_aug" in split else ""
+        raise IsimError(
+            f"split list {path} not found; set data.train_split/val_split to a split name or a .txt file{hint}"
+        )
     names = [Path(line.split()[0]).stem for line in path.read_text().splitlines() if line.strip()]
     if not names:
         raise IsimError(f"split list {path} is empty; it needs one image name per line")

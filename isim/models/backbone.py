@@ -39,3 +39,12 @@ def create_backbone(name: str, pretrained: bool | str, output_stride: int = 16) 
     if isinstance(pretrained, str):
         load_backbone_weights(features, pretrained, name)
     return features
+
+
+def freeze_batchnorm(module: nn.Module) -> None:
+    """Every BatchNorm layer of ``module`` normalises with its running statistics and stops learning, as IRN's
+    and ISIM's backbones do: ImageNet statistics beat those of small WSSS batches."""
+    for layer in module.modules():
+        if isinstance(layer, nn.modules.batchnorm._BatchNorm):
+            layer.eval()
+            layer.requires_grad_(False)

@@ -7,13 +7,16 @@ as for the classifier.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import segmentation_models_pytorch as smp
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from isim.errors import IsimError
-from isim.models.backbone import check_backbone
+from isim.models.backbone import check_backbone, freeze_batchnorm
 from isim.models.weights import from_hub, load_backbone_weights
 
 DILATED_DECODERS = {"deeplabv3", "deeplabv3plus"}  # the SMP decoders that take an encoder output stride
@@ -27,12 +30,18 @@ class Segmenter(nn.Module):
         decoder: str = "deeplabv3plus",
         pretrained: bool | str = True,
         output_stride: int = 16,
+        decoder_args: Mapping[str, Any] | None = None,
+        freeze_bn: bool = False,
     ) -> None:
-        """``pretrained``: the encoder's weights from the timm hub (True), none (False) or a local file (a path)."""
+        """``pretrained``: the encoder's weights from the timm hub (True), none (False) or a local file (a path).
+        ``decoder_args``: more keyword arguments of SMP's architecture (e.g. ``decoder_atrous_rates``).
+        ``freeze_bn``: the encoder's BatchNorm layers keep their statistics and affine weights."""
         super().__init__()
         check_backbone(backbone)
         self.backbone_name = backbone  # what infer.py normalises its inputs for
+        self.freeze_bn = freeze_bn
         extra = {"encoder_output_stride": output_stride} if decoder.lower() in DILATED_DECODERS else {}
+        extra.update(decoder_args or {})
         weights = "imagenet" if pretrained is True else None
 
         def build() -> nn.Module:
@@ -44,9 +53,12 @@ class Segmenter(nn.Module):
             self.model = from_hub(backbone, pretrained, build)
         except KeyError as error:
             raise IsimError(f"model.decoder={decoder!r} is not an SMP architecture ({error})") from None
+        except TypeError as error:  # an argument the architecture does not take
+            raise IsimError(f"model.decoder_args do not fit model.decoder={decoder!r}: {error}") from None
         if isinstance(pretrained, str):
             load_backbone_weights(self.model.encoder.model, pretrained, backbone)
         self.head = nn.Conv2d(self.model.encoder.out_channels[-1], num_classes - 1, 1, bias=False)
+        self.train()  # freezes BatchNorm now, before an optimizer or DDP lists the trainable parameters
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Segmentation logits (B, num_classes, H, W) and multi-label logits (B, num_classes - 1).
@@ -65,6 +77,17 @@ class Segmenter(nn.Module):
         """Raw CAMs (B, num_classes - 1, h, w) of the classification head on the encoder's features."""
         return self.head(self.model.encoder(images)[-1])
 
-    def heads(self) -> list[nn.Parameter]:
-        """Decoder and head parameters (trained at the higher learning rate)."""
-        return [p for name, p in self.named_parameters() if not name.startswith("model.encoder.")]
+    def train(self, mode: bool = True) -> Segmenter:
+        super().train(mode)
+        if self.freeze_bn:
+            freeze_batchnorm(self.model.encoder)
+        return self
+
+    def param_groups(self) -> dict[str, list[nn.Parameter]]:
+        """The parameters by learning-rate group: ``encoder``, ``decoder`` (SMP's decoder and segmentation head)
+        and ``head`` (the classification head)."""
+        groups: dict[str, list[nn.Parameter]] = {"encoder": [], "decoder": [], "head": []}
+        for name, param in self.named_parameters():
+            encoder, head = name.startswith("model.encoder."), name.startswith("head.")
+            groups["encoder" if encoder else "head" if head else "decoder"].append(param)
+        return groups

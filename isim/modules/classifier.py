@@ -22,6 +22,7 @@ class ClassifierModule(pl.LightningModule):
         num_classes: int,
         pretrained: bool | str = True,
         output_stride: int = 16,
+        freeze_bn: bool = False,
         lr: float = 0.1,
         head_lr_mult: float = 10.0,
         momentum: float = 0.9,
@@ -30,7 +31,7 @@ class ClassifierModule(pl.LightningModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
-        self.net = Classifier(backbone, num_classes, pretrained, output_stride)
+        self.net = Classifier(backbone, num_classes, pretrained, output_stride, freeze_bn)
         self.val_map = MultilabelAveragePrecision(num_labels=num_classes)
         self.val_f1 = MultilabelF1Score(num_labels=num_classes)
 
@@ -55,10 +56,8 @@ class ClassifierModule(pl.LightningModule):
     def configure_optimizers(self) -> dict:
         hp = self.hparams
         return sgd_poly(
-            self.net.backbone.parameters(),
-            self.net.head.parameters(),
+            [(self.net.backbone.parameters(), 1.0), (self.net.head.parameters(), hp.head_lr_mult)],
             hp.lr,
-            hp.head_lr_mult,
             hp.momentum,
             hp.weight_decay,
             self.trainer.estimated_stepping_batches,

@@ -12,7 +12,7 @@ from torchmetrics.classification import MulticlassConfusionMatrix
 from isim.data.classes import IGNORE_INDEX
 from isim.metrics import iou_per_class
 from isim.models.segmenter import Segmenter
-from isim.optim import sgd_poly
+from isim.optim import ParamGroup, sgd_poly
 
 
 def joint_loss(
@@ -48,7 +48,10 @@ class SegmenterModule(pl.LightningModule):
         decoder: str = "deeplabv3plus",
         pretrained: bool | str = True,
         output_stride: int = 16,
+        decoder_args: dict[str, Any] | None = None,
+        freeze_bn: bool = False,
         lr: float = 0.01,
+        decoder_lr_mult: float = 10.0,
         head_lr_mult: float = 10.0,
         momentum: float = 0.9,
         weight_decay: float = 1e-4,
@@ -58,7 +61,7 @@ class SegmenterModule(pl.LightningModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
-        self.net = Segmenter(backbone, num_classes, decoder, pretrained, output_stride)
+        self.net = Segmenter(backbone, num_classes, decoder, pretrained, output_stride, decoder_args, freeze_bn)
         # A confusion matrix rather than JaccardIndex: classes absent from both prediction and GT must not
         # count as IoU 0 in the mean.
         self.val_confusion = MulticlassConfusionMatrix(num_classes, ignore_index=IGNORE_INDEX)
@@ -82,13 +85,17 @@ class SegmenterModule(pl.LightningModule):
         self.log("val/mIoU", iou.nanmean().float(), prog_bar=True)
         self.val_confusion.reset()
 
+    def lr_groups(self) -> list[ParamGroup]:
+        """Encoder at ``lr``, decoder at ``decoder_lr_mult`` x and classification head at ``head_lr_mult`` x it."""
+        hp, groups = self.hparams, self.net.param_groups()
+        multiples = {"encoder": 1.0, "decoder": hp.decoder_lr_mult, "head": hp.head_lr_mult}
+        return [(groups[name], multiples[name]) for name in groups]
+
     def configure_optimizers(self) -> dict:
         hp = self.hparams
         return sgd_poly(
-            self.net.model.encoder.parameters(),
-            self.net.heads(),
+            self.lr_groups(),
             hp.lr,
-            hp.head_lr_mult,
             hp.momentum,
             hp.weight_decay,
             self.trainer.estimated_stepping_batches,

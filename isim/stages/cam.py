@@ -14,32 +14,45 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from isim.data import VOC_CLASSES, VOCDataset, WSSSDataModule
+from isim.errors import IsimError
 from isim.metrics import labels_from_cams, mean_iou, sweep_report
+from isim.models import Classifier
+from isim.models.segmenter import Segmenter
 from isim.modules import CAMInference, ClassifierModule
+from isim.modules.checkpoint import load_network
 from isim.stages.common import build_datamodule, build_trainer, finish, log_results, resume_checkpoint, timed
 from isim.visualize import overlay_strip
 
 log = logging.getLogger(__name__)
+UNSCORED_THRESHOLD = 0.3  # the overlays' background score where no GT masks score the sweep (ISIM's constant)
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
     start = time.perf_counter()
     output_dir = Path(cfg.paths.output_dir)
-    datamodule = build_datamodule(cfg)
-    trainer = build_trainer(cfg, max_epochs=cfg.cam.max_epochs, datamodule=datamodule)
     timings: dict[str, float] = {}
-    with timed(timings, "train_s"):
-        module, classifier_metrics = train_classifier(cfg, datamodule, trainer, output_dir)
+    if cfg.cam.train:
+        datamodule = build_datamodule(cfg)
+        trainer = build_trainer(cfg, max_epochs=cfg.cam.max_epochs, datamodule=datamodule)
+        with timed(timings, "train_s"):
+            module, classifier_metrics = train_classifier(cfg, datamodule, trainer, output_dir)
+        net, model = module.net, {key: module.hparams[key] for key in ("backbone", "output_stride", "pretrained")}
+        model["epochs"] = trainer.current_epoch
+    else:
+        net, classifier_metrics = given_network(cfg), {}
+        datamodule = build_datamodule(cfg, backbone=net.backbone_name)
+        trainer = build_trainer(cfg, max_epochs=0)
+        model = {"backbone": net.backbone_name, "checkpoint": str(cfg.ckpt_path), "network": type(net).__name__}
     with timed(timings, "cam_s"):
-        inference, images = evaluate_cams(cfg, module, datamodule, trainer, output_dir)
+        inference, images = evaluate_cams(cfg, net, datamodule, trainer, output_dir)
     confusion = inference.sweep.compute().cpu()
     report = sweep_report(confusion, cfg.cam.thresholds, VOC_CLASSES)
     timings["total_s"] = round(time.perf_counter() - start, 2)
     timings["cam_images_per_s"] = round(images / max(timings["cam_s"], 1e-9), 2)
-    hparams = module.hparams
     summary = {
         "stage": "cam",
         "name": cfg.name,
+        "uses_gt": False,  # trained on image labels; the GT masks only score the CAMs
         "data": {
             "name": datamodule.name,
             "root": str(datamodule.root),
@@ -48,12 +61,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             "mean": list(datamodule.mean),  # the input normalisation: data.mean/std, or the backbone's
             "std": list(datamodule.std),
         },
-        "model": {
-            "backbone": hparams.backbone,
-            "output_stride": hparams.output_stride,
-            "pretrained": hparams.pretrained,
-            "epochs": trainer.current_epoch,
-        },
+        "model": model,
         "classifier": classifier_metrics,
         "cam": {
             "scales": list(cfg.cam.scales),
@@ -64,12 +72,16 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         "timings": timings,
         "config": OmegaConf.to_container(cfg, resolve=True),
     }
-    log.info(
-        "CAM mIoU %.4f at background threshold %.2f (all-background baseline %.4f)",
-        report["best_miou"],
-        report["best_threshold"],
-        summary["cam"]["all_background_miou"],
-    )
+    if report["best_miou"] is None:
+        masks = datamodule.root / datamodule.mask_dir
+        log.warning("no GT masks in %s: the CAMs are not scored (CAM mIoU needs masks)", masks)
+    else:
+        log.info(
+            "CAM mIoU %.4f at background threshold %.2f (all-background baseline %.4f)",
+            report["best_miou"],
+            report["best_threshold"],
+            summary["cam"]["all_background_miou"],
+        )
     if report["best_at_edge"]:
         threshold = report["best_threshold"]
         log.warning("best CAM threshold %.2f is an end of cam.thresholds; the optimum may lie beyond", threshold)
@@ -88,13 +100,20 @@ def train_classifier(
     return module, {key: float(value) for key, value in trainer.callback_metrics.items() if key.startswith("val/")}
 
 
+def given_network(cfg: DictConfig) -> Classifier | Segmenter:
+    """``cam.train=false``: the network of ``ckpt_path``, a classifier's or a segmenter's (ISIM's own CAMs)."""
+    if cfg.ckpt_path in (None, "last"):
+        raise IsimError("cam.train=false scores a checkpoint's CAMs: give ckpt_path=<classifier or segmenter .ckpt>")
+    return load_network(Path(cfg.ckpt_path))
+
+
 def evaluate_cams(
-    cfg: DictConfig, module: ClassifierModule, datamodule: WSSSDataModule, trainer: pl.Trainer, output_dir: Path
+    cfg: DictConfig, net: Classifier | Segmenter, datamodule: WSSSDataModule, trainer: pl.Trainer, output_dir: Path
 ) -> tuple[CAMInference, int]:
     """Multi-scale + flip CAMs over ``cam.split`` into the threshold sweep; returns it and the image count."""
     save_dir = output_dir / "cams" if cfg.cam.save else None
     inference = CAMInference(
-        module.net, cfg.cam.scales, cfg.cam.flip, cfg.cam.thresholds, len(VOC_CLASSES), save_dir, cfg.cam.overlays
+        net, cfg.cam.scales, cfg.cam.flip, cfg.cam.thresholds, len(VOC_CLASSES), save_dir, cfg.cam.overlays
     )
     loader = datamodule.eval_dataloader(cfg.cam.split)
     trainer.predict(inference, dataloaders=loader, return_predictions=False)
@@ -109,11 +128,13 @@ def _all_background_miou(confusion: torch.Tensor) -> float:
 
 
 def _log(trainer: pl.Trainer, report: dict, inference: CAMInference, split: VOCDataset, output_dir: Path) -> None:
-    metrics = {"cam/best_miou": report["best_miou"], "cam/best_threshold": report["best_threshold"]}
+    scored = report["best_miou"] is not None
+    metrics = {"cam/best_miou": report["best_miou"], "cam/best_threshold": report["best_threshold"]} if scored else {}
     rows = [[row["threshold"], row["miou"]] for row in report["sweep"]]
+    shown = report["best_threshold"] if scored else UNSCORED_THRESHOLD
     images = {}
     for name, cams, mask in inference.kept:
-        pred = labels_from_cams(torch.from_numpy(cams)[None], report["best_threshold"])[0].numpy().astype(np.uint8)
+        pred = labels_from_cams(torch.from_numpy(cams)[None], shown)[0].numpy().astype(np.uint8)
         images[name] = overlay_strip(split.read_image(name), cams.max(0), pred, mask.astype(np.uint8))
     log_results(
         trainer, metrics, {"cam/threshold_sweep": (["threshold", "miou"], rows)}, images, output_dir / "overlays"

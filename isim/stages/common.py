@@ -28,10 +28,10 @@ from isim.io import write_json, write_png
 log = logging.getLogger(__name__)
 
 
-def build_datamodule(cfg: DictConfig, **overrides: Any) -> WSSSDataModule:
-    """The configured data, its inputs normalised as model.backbone's weights expect unless data.mean / data.std
-    are set."""
-    mean, std = input_normalization(cfg.data.mean, cfg.data.std, cfg.model.backbone)
+def build_datamodule(cfg: DictConfig, backbone: str | None = None, **overrides: Any) -> WSSSDataModule:
+    """The configured data, its inputs normalised as ``backbone``'s (default: model.backbone's) weights expect
+    unless data.mean / data.std are set."""
+    mean, std = input_normalization(cfg.data.mean, cfg.data.std, backbone or cfg.model.backbone)
     return instantiate(cfg.data, mean=list(mean), std=list(std), **overrides)
 
 
@@ -122,6 +122,12 @@ def log_results(
             wandb_logger.log_table(key, columns=columns, data=rows)
         if images:
             wandb_logger.log_image("overlays", images=list(images.values()), caption=list(images))
+
+
+def uses_gt(cfg: DictConfig) -> bool:
+    """Whether pixel ground truth informed a choice of this run (summaries say so): the GT-best CAM threshold
+    (``labels.threshold=oracle``) or GT masks as training labels (``data.labels=gt``). Scoring alone does not count."""
+    return cfg.labels.threshold == "oracle" or cfg.data.labels == "gt"
 
 
 def finish(trainer: pl.Trainer, output_dir: Path, summary: dict[str, Any]) -> dict[str, Any]:

@@ -16,6 +16,7 @@ from pytorch_lightning.loggers import WandbLogger
 
 from isim.errors import IsimError
 from isim.io import write_csv, write_json
+from isim.stages.common import uses_gt
 from isim.stages.jobs import in_multirun, run_child_job
 
 log = logging.getLogger(__name__)
@@ -40,6 +41,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     summary = {
         "stage": "iterate",
         "name": cfg.name,
+        "uses_gt": uses_gt(cfg),
         "experiment_dir": str(experiment_dir),
         "rounds": [dict(zip(COLUMNS, row, strict=True)) for row in rows],
         "label_miou_gain": _gain(rows[0][1], rows[-1][1]),

@@ -25,7 +25,7 @@ from isim.models.segmenter import Segmenter
 from isim.modules import CAMInference
 from isim.modules.checkpoint import load_network
 from isim.pseudo_labels import LabelSettings, LabelStore, LabelWriter, default_workers, settings_from_config
-from isim.stages.common import build_datamodule, build_trainer, finish, log_results, timed
+from isim.stages.common import build_datamodule, build_trainer, finish, log_results, timed, uses_gt
 from isim.visualize import overlay_strip
 
 log = logging.getLogger(__name__)
@@ -48,6 +48,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     summary = {
         "stage": "labels",
         "name": cfg.name,
+        "uses_gt": uses_gt(cfg),
         "checkpoint": str(checkpoint),
         "threshold": settings.threshold,
         "settings": dataclasses.asdict(settings),
@@ -137,7 +138,7 @@ def make_labels(
         "in_store": len(data) - len(store.missing(data.names)),
     }
     store.close(counts)
-    if "miou" in evaluation:
+    if evaluation["scored"]:
         log.info("label mIoU %.4f, %.1f%% of pixels ignored", evaluation["miou"], 100 * evaluation["ignored_fraction"])
         _log(trainer, evaluation, inference, store, data, Path(cfg.paths.output_dir))
     return {
@@ -179,14 +180,17 @@ def cam_stage_summary(cfg: DictConfig) -> dict[str, Any] | None:
 
 
 def background_threshold(cfg: DictConfig, cam_summary: dict[str, Any] | None) -> float:
-    if cfg.labels.threshold != "cam":
+    """``labels.threshold``: a number, or ``oracle``: the CAM stage's best against the GT masks."""
+    if cfg.labels.threshold != "oracle":
         threshold = float(cfg.labels.threshold)
         if not 0 < threshold < 1:
-            raise IsimError(f"labels.threshold={threshold} must be in (0, 1), or `cam` for the CAM stage's best")
+            raise IsimError(f"labels.threshold={threshold} must be in (0, 1), or `oracle` (the GT-best CAM threshold)")
         return threshold
     if cam_summary is None:
         summary = Path(cfg.labels.cam_dir) / "summary.json"
-        raise IsimError(f"labels.threshold=cam needs the CAM stage's {summary}; run stage=cam or give a number")
+        raise IsimError(f"labels.threshold=oracle needs the CAM stage's {summary}; run stage=cam or give a number")
+    if cam_summary["cam"]["best_miou"] is None:
+        raise IsimError("labels.threshold=oracle needs GT masks (data.mask_dir); the CAM stage had none. Give a number")
     return float(cam_summary["cam"]["best_threshold"])
 
 
@@ -227,6 +231,10 @@ def evaluate_store(store: LabelStore, data: VOCDataset, previous: LabelStore | N
     if valid:
         report.update(segmentation_report(confusion, VOC_CLASSES), ignored_fraction=ignored / valid)
         report["miou_ignored_as_background"] = mean_iou(as_background)
+    else:
+        report["miou"] = None  # "scored": false says why, rather than a missing key
+        log.warning("no GT masks for %s: the labels are not scored (label mIoU needs masks)", data.mask_dir)
+    report["scored"] = bool(valid)
     return report
 
 

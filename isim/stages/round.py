@@ -11,7 +11,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from isim.errors import IsimError
 from isim.pseudo_labels import LabelStore, settings_from_config
-from isim.stages.common import build_datamodule, build_trainer, finish, timed
+from isim.stages.common import build_datamodule, build_trainer, finish, timed, uses_gt
 from isim.stages.labels import LabelJob, make_labels
 from isim.stages.seg import train_segmenter
 
@@ -51,6 +51,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     summary = {
         "stage": "round",
         "name": cfg.name,
+        "uses_gt": uses_gt(cfg),
         "round": k,
         "trained_on": str(previous_store),
         "warm_start": str(warm_start) if warm_start else None,

@@ -17,7 +17,7 @@ from isim.errors import IsimError, brief
 from isim.models.weights import CHECKPOINT_BACKBONES
 from isim.modules import SegmenterModule
 from isim.pseudo_labels import LabelStore
-from isim.stages.common import build_datamodule, build_trainer, finish, resume_checkpoint, timed
+from isim.stages.common import build_datamodule, build_trainer, finish, resume_checkpoint, timed, uses_gt
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +35,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     summary = {
         "stage": "seg",
         "name": cfg.name,
+        "uses_gt": uses_gt(cfg),
         "labels": datamodule.labels,
         "model": {key: module.hparams[key] for key in ("backbone", "decoder", "output_stride", "pretrained")},
         "epochs": trainer.current_epoch,
