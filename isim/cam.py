@@ -51,13 +51,21 @@ def normalize_cams(cams: torch.Tensor, labels: torch.Tensor, eps: float = 1e-5) 
 
 
 def segmenter_probs(
-    model: Segmenter, images: torch.Tensor, labels: torch.Tensor, scales: Sequence[float] = (1.0,), flip: bool = True
+    model: Segmenter,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    scales: Sequence[float] = (1.0,),
+    flip: bool = True,
+    offsets: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The segmenter's softmax over background and the image's own classes: (B, 1 + C, H, W), background first.
 
-    Logits are averaged over scales and flips first; classes the image does not have take no share.
+    Logits are averaged over scales and flips first, less ``offsets`` (1 + C,) where given (logit adjustment:
+    tau x the log of each class's training prior); classes the image does not have take no share.
     """
     logits = multiscale_flip(lambda batch: model(batch)[0], images, scales, flip) / (len(scales) * (1 + flip))
+    if offsets is not None:
+        logits = logits - offsets.to(logits)[None, :, None, None]
     present = torch.cat([torch.ones_like(labels[:, :1]), labels], 1)
     return logits.masked_fill(present[:, :, None, None] == 0, float("-inf")).softmax(1)
 
@@ -69,13 +77,14 @@ def class_scores(
     source: str = "cam",
     scales: Sequence[float] = (1.0,),
     flip: bool = True,
+    offsets: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Per-class scores in [0, 1] from ``source`` (B, C, H, W), and the source's own background score (B, H, W),
     or None where it has none (CAMs: a background threshold stands in for it).
 
     ``cam``: normalised CAMs, no background. ``seg``: the segmenter's softmax, its background included: a pixel
     the segmenter calls background stays background however much the classes get. ``cam+seg``: the mean of the
-    CAMs and the softmax's class part, against the softmax's background."""
+    CAMs and the softmax's class part, against the softmax's background. ``offsets``: see ``segmenter_probs``."""
     if source not in SCORE_SOURCES:
         raise IsimError(f"label source {source!r} is unknown; use one of {', '.join(SCORE_SOURCES)}")
     if source != "cam" and not isinstance(model, Segmenter):
@@ -84,7 +93,7 @@ def class_scores(
     if "cam" in source:
         parts.append(normalize_cams(multiscale_cams(model, images, scales, flip), labels))
     if "seg" in source:
-        probs = segmenter_probs(model, images, labels, scales, flip)
+        probs = segmenter_probs(model, images, labels, scales, flip, offsets)
         parts.append(probs[:, 1:])
         background = probs[:, 0]
     return sum(parts) / len(parts), background

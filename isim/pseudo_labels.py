@@ -174,6 +174,20 @@ class LabelStore:
         write_json(self.manifest_path, {**self.manifest(), "complete": True, "counts": counts})
 
 
+def class_priors(store: LabelStore, names: Sequence[str], image_labels: np.ndarray) -> np.ndarray:
+    """Each class's share of the labelled pixels of the images that have it (background: of all images), in the
+    store's labels of ``names`` (multi-hot foreground ``image_labels``, one row per name): the prior a segmenter
+    trained on the store learnt, which relabelling divides out (``iterate.logit_adjustment``). GT-free."""
+    pixels, totals = np.zeros(image_labels.shape[1] + 1), np.zeros(image_labels.shape[1] + 1)
+    for name, labels in zip(tqdm(names, desc="class priors", unit="img", leave=False), image_labels, strict=True):
+        label = store.read(name)
+        counted = label != IGNORE_INDEX
+        present = np.concatenate([[0], np.flatnonzero(labels) + 1])
+        pixels[present] += np.bincount(label[counted], minlength=len(pixels))[present]
+        totals[present] += counted.sum()
+    return np.where(totals > 0, pixels / np.maximum(totals, 1), 1.0)
+
+
 class LabelWriter:
     """Refines CAMs into the store in ``workers`` processes (0: inline), at most ``2 x workers`` jobs in flight.
 

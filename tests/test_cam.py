@@ -66,3 +66,10 @@ def test_segmenter_scores_keep_its_own_background(net: Classifier) -> None:
     torch.testing.assert_close(scores, softmax[:, 1:])
     torch.testing.assert_close(background + scores.sum(1), torch.ones(2, 48, 64))
     assert class_scores(net, images, labels, "cam")[1] is None
+    # Logit adjustment: the offsets come off the logits before the softmax; a rare class gains where it was unsure.
+    offsets = torch.log(torch.tensor([0.85] + [0.07] * 20))
+    scores, background = class_scores(segmenter, images, labels, "seg", (1.0,), False, offsets)
+    adjusted = (logits - offsets[None, :, None, None]).masked_fill(~present, float("-inf")).softmax(1)
+    torch.testing.assert_close(background, adjusted[:, 0])
+    torch.testing.assert_close(scores, adjusted[:, 1:])
+    assert (background < softmax[:, 0]).all()

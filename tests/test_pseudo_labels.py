@@ -12,7 +12,7 @@ from PIL import Image
 from isim.data import VOCDataset, voc_palette
 from isim.errors import IsimError
 from isim.io import write_png
-from isim.pseudo_labels import LabelSettings, LabelStore, LabelWriter, pseudo_labels
+from isim.pseudo_labels import LabelSettings, LabelStore, LabelWriter, class_priors, pseudo_labels
 from isim.stages.labels import evaluate_store
 from tests.test_crf import IRN, two_region_image
 
@@ -143,3 +143,20 @@ def test_label_miou_in_both_conventions(tiny_voc: Path, tmp_path: Path) -> None:
     report = evaluate_store(store, data)
     assert report["miou"] == 1.0 and report["ignored_fraction"] > 0.01
     assert report["miou_ignored_as_background"] < 0.95
+
+
+def test_class_priors_are_pixel_shares_in_the_images_that_have_the_class(tmp_path: Path) -> None:
+    store = LabelStore(tmp_path / "store")
+    first = np.zeros((10, 10), np.uint8)
+    first[:5, :5] = 3  # 25 of 100 pixels
+    second = np.full((10, 10), 5, np.uint8)
+    second[:, :5] = 3  # 50 pixels each
+    second[0] = 255  # ignored pixels count nowhere
+    for name, label in (("a", first), ("b", second)):
+        write_png(store.path(name), label, voc_palette())
+    image_labels = np.zeros((2, 20), np.float32)
+    image_labels[0, 2] = image_labels[1, [2, 4]] = 1  # a: class 3; b: classes 3 and 5
+    priors = class_priors(store, ["a", "b"], image_labels)
+    assert priors[0] == pytest.approx(75 / 190)  # background of all 190 counted pixels
+    assert priors[3] == pytest.approx((25 + 45) / 190) and priors[5] == pytest.approx(45 / 90)
+    assert priors[1] == 1.0  # a class no image has: no offset

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from PIL import Image
 
 from isim.data import VOC_CLASSES
 from isim.errors import IsimError
@@ -72,6 +73,8 @@ def test_each_round_is_a_hydra_job_with_its_own_dir(chain: tuple[Path, str]) -> 
     assert summary["label_miou_gain"] == pytest.approx(last - first)
     with open(runs / "iterate/rounds.csv") as file:
         assert [row["round"] for row in csv.DictReader(file)] == ["0", "1", "2"]
+    plot = Image.open(runs / "iterate/rounds.png")
+    assert plot.format == "PNG" and plot.size == (600, 400)
     assert "round  label_miou  val_miou  changed_fraction  wall_s" in stdout
 
 
@@ -87,6 +90,7 @@ def test_rounds_are_wandb_runs_in_one_group_with_the_round_table(chain: tuple[Pa
     expected = [row["label_miou"] for row in read_summary(root / "runs/tiny/iterate")["rounds"]]
     assert logged == pytest.approx(expected)
     assert any("rounds/table" in key for step in runs["iterate"].history for key in step)
+    assert any("rounds/plot" in key for step in runs["iterate"].history for key in step)
 
 
 def test_warm_start_from_the_previous_round_or_the_classifier(chain: tuple[Path, str]) -> None:

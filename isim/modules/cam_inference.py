@@ -35,8 +35,10 @@ class CAMInference(pl.LightningModule):
         keep: int = 8,
         writer: LabelWriter | None = None,
         source: str = "cam",
+        offsets: Sequence[float] | None = None,  # logit adjustment of a segmenter's softmax (isim.cam)
     ) -> None:
         super().__init__()
+        self.offsets = None if offsets is None else torch.tensor(offsets, dtype=torch.float32)
         self.net, self.scales, self.flip = net, tuple(scales), flip
         self.sweep = ThresholdSweep(thresholds, num_classes)
         self.save_dir = Path(save_dir) if save_dir else None
@@ -50,7 +52,9 @@ class CAMInference(pl.LightningModule):
             self.writer.skip(name, message)
         if "image" not in batch:
             return
-        cams, backgrounds = class_scores(self.net, batch["image"], batch["labels"], self.source, self.scales, self.flip)
+        cams, backgrounds = class_scores(
+            self.net, batch["image"], batch["labels"], self.source, self.scales, self.flip, self.offsets
+        )
         self.sweep.update(cams, batch["mask"])
         backgrounds = [None] * len(cams) if backgrounds is None else backgrounds  # CAMs have none: the threshold
         for name, cam, labels, mask, background in zip(

@@ -18,6 +18,7 @@ from isim.errors import IsimError
 from isim.io import write_csv, write_json
 from isim.stages.common import uses_gt
 from isim.stages.jobs import in_multirun, run_child_job
+from isim.visualize import rounds_plot
 
 log = logging.getLogger(__name__)
 
@@ -49,8 +50,14 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         "config": OmegaConf.to_container(cfg, resolve=True),
     }
     write_csv(output_dir / "rounds.csv", COLUMNS, summary["rounds"])
+    rounds_plot(
+        [row[0] for row in rows],
+        {"pseudo-labels (train)": [row[1] for row in rows], "segmenter (val)": [row[2] for row in rows]},
+        output_dir / "rounds.png",
+        f"ISIM rounds of {cfg.name}",
+    )
     write_json(output_dir / "summary.json", summary)
-    _log_rounds(cfg, rows)
+    _log_rounds(cfg, rows, output_dir / "rounds.png")
     print(f"\nISIM rounds of {cfg.name} ({experiment_dir}):\n{round_table(rows)}", flush=True)
     return summary
 
@@ -107,8 +114,9 @@ def _gain(first: float | None, last: float | None) -> float | None:
     return None if first is None or last is None else last - first
 
 
-def _log_rounds(cfg: DictConfig, rows: list[list]) -> None:
-    """The round figures as metrics (step = round) and, on W&B, the round table in this experiment's group."""
+def _log_rounds(cfg: DictConfig, rows: list[list], plot: Path) -> None:
+    """The round figures as metrics (step = round) and, on W&B, the round table and plot in this experiment's
+    group."""
     if not cfg.get("logger"):
         return
     logger = instantiate(cfg.logger)
@@ -117,6 +125,7 @@ def _log_rounds(cfg: DictConfig, rows: list[list]) -> None:
         logger.log_metrics(metrics, step=row[0])
     if isinstance(logger, WandbLogger):
         logger.log_table("rounds/table", columns=COLUMNS, data=rows)
+        logger.log_image("rounds/plot", images=[str(plot)])
         logger.experiment.finish()
     else:
         logger.save()

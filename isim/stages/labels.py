@@ -69,6 +69,7 @@ class LabelJob:
     source: str = "cam"
     scales: tuple[float, ...] = (1.0,)
     flip: bool = True
+    offsets: tuple[float, ...] | None = None  # logit adjustment of a segmenter's softmax (iterate.logit_adjustment)
 
 
 def make_labels(
@@ -116,6 +117,7 @@ def make_labels(
         keep=cfg.labels.overlays,
         writer=writer,
         source=job.source,
+        offsets=job.offsets,
     )
     with timed(timings, "label_s"):
         try:
@@ -244,7 +246,8 @@ def _producer(job: LabelJob, data: VOCDataset, datamodule: WSSSDataModule) -> di
         "checkpoint_sha256": hashlib.sha256(job.checkpoint.read_bytes()).hexdigest(),
         "data_root": str(datamodule.root),
         "split": data.split,
-        "scores": {"source": job.source, "scales": list(job.scales), "flip": job.flip},
+        "scores": {"source": job.source, "scales": list(job.scales), "flip": job.flip}
+        | ({"offsets": list(job.offsets)} if job.offsets else {}),  # absent when off: older stores stay valid
         "settings": dataclasses.asdict(job.settings),
     }
 

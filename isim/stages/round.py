@@ -3,14 +3,16 @@ round k-1's weights), then its own scores, refined by the dense CRF, become roun
 
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from isim.data import VOCDataset
 from isim.errors import IsimError
-from isim.pseudo_labels import LabelStore, settings_from_config
+from isim.pseudo_labels import LabelStore, class_priors, settings_from_config
 from isim.stages.common import build_datamodule, build_trainer, finish, timed, uses_gt
 from isim.stages.labels import LabelJob, make_labels
 from isim.stages.seg import train_segmenter
@@ -32,8 +34,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         raise IsimError(f"round {k} relabels from {checkpoint}, which was not written; keep callbacks=default")
     it = cfg.iterate
     settings = settings_from_config(cfg.crf, it.threshold, None)
-    job = LabelJob(checkpoint, settings, it.label_source, tuple(it.scales), it.flip)
     data = datamodule.split(cfg.labels.split, check_images=cfg.labels.on_error == "raise")
+    offsets = logit_offsets(cfg, LabelStore(previous_store), data)
+    job = LabelJob(checkpoint, settings, it.label_source, tuple(it.scales), it.flip, offsets)
     with timed(timings, "relabel_s"):
         result = make_labels(
             cfg,
@@ -56,6 +59,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         "trained_on": str(previous_store),
         "warm_start": str(warm_start) if warm_start else None,
         "val": val,
+        "logit_offsets": list(offsets) if offsets else None,
         **result,
         "timings": {**result["timings"], **timings},
         "config": OmegaConf.to_container(cfg, resolve=True),
@@ -68,6 +72,17 @@ def round_number(cfg: DictConfig) -> int:
     if not isinstance(k, int) or isinstance(k, bool) or k < 1:
         raise IsimError(f"round={k} must be a round number >= 1 (round 0 is stage=labels); e.g. stage=round round=1")
     return k
+
+
+def logit_offsets(cfg: DictConfig, trained_on: LabelStore, data: VOCDataset) -> tuple[float, ...] | None:
+    """tau x log(prior) per class, the prior being the labels the segmenter trained on (``class_priors``): what
+    relabelling subtracts from the segmenter's logits to undo the background's majority (logit adjustment, Menon
+    et al. 2021). None where the scores are CAMs alone or tau is 0."""
+    tau = float(cfg.iterate.logit_adjustment)
+    if tau == 0 or cfg.iterate.label_source == "cam":
+        return None
+    priors = class_priors(trained_on, data.names, data.labels)
+    return tuple(round(float(tau * math.log(max(prior, 1e-6))), 6) for prior in priors)
 
 
 def previous_round(cfg: DictConfig, k: int) -> tuple[Path, str | Path | None]:
