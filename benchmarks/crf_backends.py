@@ -92,7 +92,7 @@ def pooled(problems: list[Problem], settings: LabelSettings, workers: int, root:
 
     def run() -> list[np.ndarray]:
         store = LabelStore(root / f"store-{settings.backend}")
-        writer = LabelWriter(store, root / "JPEGImages", settings, workers, progress=False)
+        writer = LabelWriter(store, lambda name: root / "JPEGImages" / f"{name}.jpg", settings, workers, progress=False)
         for index, (_, cams, classes) in enumerate(problems):
             writer.submit(str(index), cams, classes)
         writer.close()

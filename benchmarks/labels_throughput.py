@@ -74,15 +74,15 @@ def serial(data: VOCDataset, cams: Callable, store: LabelStore) -> float:
     """CAM then CRF, one image at a time in one process (what the reference implementations do)."""
     start = time.perf_counter()
     for name, maps, classes in cams(data):
-        label_image(data.root / "JPEGImages" / f"{name}.jpg", store.path(name), maps, classes, SETTINGS)
+        label_image(data.image_path(name), store.path(name), maps, classes, SETTINGS)
     return len(data) / (time.perf_counter() - start)
 
 
 def pipelined(data: VOCDataset, cams: Callable, store: LabelStore, workers: int) -> float:
-    writer = LabelWriter(store, data.root / "JPEGImages", SETTINGS, workers, progress=False)
+    writer = LabelWriter(store, data.image_path, SETTINGS, workers, progress=False)
     writer.submit(*next(iter(cams(data))))  # start the pool's processes outside the timing
     writer.close()
-    writer = LabelWriter(store, data.root / "JPEGImages", SETTINGS, workers, progress=False)
+    writer = LabelWriter(store, data.image_path, SETTINGS, workers, progress=False)
     start = time.perf_counter()
     for item in cams(data):
         writer.submit(*item)

@@ -41,7 +41,7 @@ class EpochTimer(pl.Callback):
 
 
 def with_trainer(cfg, datamodule: WSSSDataModule, epochs: int) -> list[float]:
-    module: SegmenterModule = instantiate(cfg.model.segmenter, num_classes=len(VOC_CLASSES))
+    module: SegmenterModule = instantiate(cfg.model.segmenter, classes=list(VOC_CLASSES))
     trainer = build_trainer(cfg, max_epochs=epochs, datamodule=datamodule)
     timer = EpochTimer()
     trainer.callbacks.append(timer)
@@ -50,7 +50,7 @@ def with_trainer(cfg, datamodule: WSSSDataModule, epochs: int) -> list[float]:
 
 
 def by_hand(cfg, datamodule: WSSSDataModule, epochs: int) -> list[float]:
-    module: SegmenterModule = instantiate(cfg.model.segmenter, num_classes=len(VOC_CLASSES))
+    module: SegmenterModule = instantiate(cfg.model.segmenter, classes=list(VOC_CLASSES))
     hp, net = module.hparams, module.net.train()
     loader = datamodule.train_dataloader()
     config = sgd_poly(

@@ -16,16 +16,16 @@ from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader, Dataset
 
 from isim.crf import check_backend
-from isim.data import IGNORE_INDEX, VOC_CLASSES
+from isim.data import IGNORE_INDEX
 from isim.data.datamodule import collate
+from isim.data.dataset import open_image
 from isim.data.transforms import eval_transform, input_normalization
-from isim.data.voc import open_image, read_split
 from isim.errors import IsimError
 from isim.io import atomic_path, write_json
 from isim.metrics import segmentation_report
 from isim.models.segmenter import Segmenter
 from isim.modules import SegmenterPrediction
-from isim.modules.checkpoint import load_network
+from isim.modules.checkpoint import check_classes, load_module
 from isim.stages.common import build_trainer
 from isim.stages.jobs import quiet_secondary_ranks
 
@@ -59,18 +59,19 @@ class InferenceImages(Dataset):
         }
 
 
-def inputs(cfg: DictConfig) -> tuple[list[Path], list[Path | None]]:
-    """Image paths (and GT masks where known) from a folder, a .txt list of paths, or a VOC split."""
+def inputs(cfg: DictConfig) -> tuple[list[Path], list[Path | None], tuple[str, ...] | None]:
+    """Image paths (and GT masks where known) from a folder, a .txt list of paths, or a split of the data (then
+    also the data's class list)."""
     if cfg.input is None:
         datamodule = instantiate(cfg.data)
         datamodule.prepare_data()
-        names = read_split(datamodule.root, cfg.split)  # names only: a split without annotations (VOC's test) works
-        paths = [datamodule.root / "JPEGImages" / f"{name}.jpg" for name in names]
+        images = datamodule.image_paths(cfg.split)  # a split without annotations (VOC's test) works
+        paths = list(images.values())
         missing = [path for path in paths if not path.is_file()]
         if missing:
             raise IsimError(f"{len(missing)} image(s) of split={cfg.split} are missing, e.g. {missing[0]}")
-        masks = [datamodule.root / datamodule.mask_dir / f"{name}.png" for name in names]
-        return paths, [mask if mask.is_file() else None for mask in masks]
+        masks = [datamodule.root / datamodule.mask_dir / f"{name}.png" for name in images]
+        return paths, [mask if mask.is_file() else None for mask in masks], datamodule.classes
     source = Path(cfg.input)
     if source.is_dir():
         paths = sorted(p for p in source.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
@@ -80,16 +81,21 @@ def inputs(cfg: DictConfig) -> tuple[list[Path], list[Path | None]]:
         raise IsimError(f"input={source} is neither a folder of images nor a .txt list of image paths")
     if not paths:
         raise IsimError(f"input={source} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
-    return paths, [None] * len(paths)
+    return paths, [None] * len(paths), None
 
 
-def load_segmenter(path: Path) -> Segmenter:
+def load_segmenter(path: Path, classes: tuple[str, ...] | None) -> tuple[Segmenter, tuple[str, ...]]:
+    """The segmenter of ``path`` and the classes it segments into; refused if ``classes`` (the data's) differ."""
     if not path.is_file():
         raise IsimError(f"ckpt_path={path} not found; train one with `python train.py stage=seg` or give a path")
-    net = load_network(path)
-    if not isinstance(net, Segmenter):
-        raise IsimError(f"{path} is not a segmenter checkpoint (it holds a {type(net).__name__}); use a stage=seg one")
-    return net
+    module = load_module(path)
+    if not isinstance(module.net, Segmenter):
+        raise IsimError(
+            f"{path} is not a segmenter checkpoint (it holds a {type(module.net).__name__}); use a stage=seg one"
+        )
+    if classes is not None:
+        check_classes(path, module.hparams.classes, classes)
+    return module.net, tuple(module.hparams.classes)
 
 
 def predict(cfg: DictConfig) -> dict[str, Any]:
@@ -100,14 +106,14 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
     output_dir = Path(cfg.paths.output_dir)
     if cfg.format not in MASK_DIRS:
         raise IsimError(f"format={cfg.format!r} is unknown; use one of {', '.join(MASK_DIRS)}")
-    paths, masks = inputs(cfg)  # checked before the (slower) model load
+    paths, masks, data_classes = inputs(cfg)  # checked before the (slower) model load
     crf = cfg.crf if cfg.postprocess_crf else None
     if crf is not None:
         check_backend(crf.backend)
-    net = load_segmenter(Path(cfg.ckpt_path))
+    net, classes = load_segmenter(Path(cfg.ckpt_path), data_classes)
     masks_dir = output_dir / MASK_DIRS[cfg.format]
     overlay_dir = output_dir / "overlays" if cfg.overlays else None
-    prediction = SegmenterPrediction(net, cfg.scales, cfg.flip, masks_dir, crf, overlay_dir)
+    prediction = SegmenterPrediction(net, len(classes), cfg.scales, cfg.flip, masks_dir, crf, overlay_dir)
     mean, std = input_normalization(cfg.data.mean, cfg.data.std, net.backbone_name)
     loader = DataLoader(
         InferenceImages(paths, masks, mean, std),
@@ -134,7 +140,7 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
         "images_per_s": round(len(paths) / seconds, 2),
     }
     if confusion.sum() > 0:
-        summary["eval"] = segmentation_report(confusion, VOC_CLASSES)
+        summary["eval"] = segmentation_report(confusion, classes)
         log.info("mIoU %.4f over %d images", summary["eval"]["miou"], len(paths))
     log.info("wrote %d masks to %s", len(paths), masks_dir)
     if cfg.format == "voc_server":

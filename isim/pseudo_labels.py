@@ -148,7 +148,18 @@ class LabelStore:
         return self.root / f"{name}.png"
 
     def missing(self, names: list[str]) -> list[str]:
-        return [name for name in names if not self.path(name).is_file()]
+        """The names without a usable label: no PNG, or an empty or damaged one (a disk that filled up, a copy
+        cut short), which the next run relabels."""
+        return [name for name in names if not self.usable(name)]
+
+    def usable(self, name: str) -> bool:
+        path = self.path(name)
+        try:
+            with Image.open(path) as image:
+                image.verify()  # reads the whole file and checks its CRCs without decoding the pixels
+        except (OSError, SyntaxError, ValueError):  # missing, empty, truncated or not a PNG
+            return False
+        return True
 
     def read(self, name: str) -> np.ndarray:
         return np.array(Image.open(self.path(name)))
@@ -174,11 +185,11 @@ class LabelStore:
         write_json(self.manifest_path, {**self.manifest(), "complete": True, "counts": counts})
 
 
-def class_priors(store: LabelStore, names: Sequence[str], image_labels: np.ndarray) -> np.ndarray:
+def class_priors(store: LabelStore, names: Sequence[str], image_labels: Sequence[np.ndarray]) -> np.ndarray:
     """Each class's share of the labelled pixels of the images that have it (background: of all images), in the
     store's labels of ``names`` (multi-hot foreground ``image_labels``, one row per name): the prior a segmenter
     trained on the store learnt, which relabelling divides out (``iterate.logit_adjustment``). GT-free."""
-    pixels, totals = np.zeros(image_labels.shape[1] + 1), np.zeros(image_labels.shape[1] + 1)
+    pixels, totals = np.zeros(len(image_labels[0]) + 1), np.zeros(len(image_labels[0]) + 1)
     for name, labels in zip(tqdm(names, desc="class priors", unit="img", leave=False), image_labels, strict=True):
         label = store.read(name)
         counted = label != IGNORE_INDEX
@@ -197,7 +208,7 @@ class LabelWriter:
     def __init__(
         self,
         store: LabelStore,
-        image_dir: Path,
+        image_path: Callable[[str], Path],
         settings: LabelSettings,
         workers: int,
         on_error: str = "raise",
@@ -208,7 +219,7 @@ class LabelWriter:
     ) -> None:
         if on_error not in ("raise", "skip"):
             raise IsimError(f"labels.on_error={on_error!r} must be raise or skip")
-        self.store, self.image_dir, self.settings, self.on_error = store, image_dir, settings, on_error
+        self.store, self.image_path, self.settings, self.on_error = store, image_path, settings, on_error
         self.device, self.batch_size = device, batch_size
         self.pool = ProcessPoolExecutor(workers, initializer=_one_torch_thread) if workers > 0 else None
         self.window = 2 * max(workers, 1)
@@ -226,8 +237,7 @@ class LabelWriter:
                 self._label_batch()
             return
         compact = None if background is None else background.astype(np.float16)  # half the bytes to the workers
-        path = self.image_dir / f"{name}.jpg"
-        args = (path, self.store.path(name), cams.astype(np.float16), classes, self.settings, compact)
+        args = (self.image_path(name), self.store.path(name), cams.astype(np.float16), classes, self.settings, compact)
         if self.pool is None:
             self._finish(name, lambda: label_image(*args))
             return
@@ -255,7 +265,7 @@ class LabelWriter:
         readable = []
         for name, cams, classes, background in self.batch:
             try:
-                readable.append((name, read_image_for(self.image_dir / f"{name}.jpg", cams), cams, classes, background))
+                readable.append((name, read_image_for(self.image_path(name), cams), cams, classes, background))
             except IsimError as error:
                 self._fail(name, error)
         self.batch = []

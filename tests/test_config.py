@@ -8,7 +8,7 @@ import pytest
 import pytorch_lightning as pl
 from hydra.utils import instantiate
 
-from isim.data import WSSSDataModule
+from isim.data import VOC_CLASSES, WSSSDataModule
 from isim.modules import ClassifierModule
 from isim.stages.common import build_trainer
 from tests.conftest import ROOT, compose_config
@@ -72,7 +72,7 @@ def test_voc_presets_are_the_reference_schedule(preset: str) -> None:
 def test_config_objects_instantiate(tmp_path: Path, tiny_voc: Path) -> None:
     cfg = compose_config(f"data.root={tiny_voc}", output_dir=tmp_path)
     data = instantiate(cfg.data)
-    model = instantiate(cfg.model.classifier, num_classes=20)
+    model = instantiate(cfg.model.classifier, classes=list(VOC_CLASSES))
     assert isinstance(data, WSSSDataModule) and isinstance(model, ClassifierModule)
     assert model.hparams.backbone == "resnet18" and model.hparams.output_stride == 16
     trainer = build_trainer(compose_config("logger=none", output_dir=tmp_path), max_epochs=3)

@@ -73,7 +73,14 @@ def test_pooled_writer_matches_inline_and_skips_bad_images(tiny_voc_copy: Path, 
     stores = {}
     for workers in (0, 2):
         store = LabelStore(tmp_path / f"store{workers}")
-        writer = LabelWriter(store, tiny_voc_copy / "JPEGImages", settings(), workers, "skip", progress=False)
+        writer = LabelWriter(
+            store,
+            VOCDataset(tiny_voc_copy, "train", check_images=False).image_path,
+            settings(),
+            workers,
+            "skip",
+            progress=False,
+        )
         for name in names:
             writer.submit(name, cams[name], np.array([5]))
         writer.close()
@@ -99,7 +106,7 @@ def test_device_writer_batches_the_torch_crf_like_the_workers(tiny_voc_copy: Pat
         store = LabelStore(tmp_path / mode)
         writer = LabelWriter(
             store,
-            tiny_voc_copy / "JPEGImages",
+            VOCDataset(tiny_voc_copy, "train", check_images=False).image_path,
             settings(backend="torch"),
             0 if mode == "device" else 2,
             "skip",
@@ -119,14 +126,20 @@ def test_device_writer_batches_the_torch_crf_like_the_workers(tiny_voc_copy: Pat
 
 def test_writer_raises_with_the_file_name_by_default(tiny_voc_copy: Path, tmp_path: Path) -> None:
     (tiny_voc_copy / "JPEGImages/synthetic_00001.jpg").unlink()
-    writer = LabelWriter(LabelStore(tmp_path), tiny_voc_copy / "JPEGImages", settings(), 1, progress=False)
+    writer = LabelWriter(
+        LabelStore(tmp_path),
+        VOCDataset(tiny_voc_copy, "train", check_images=False).image_path,
+        settings(),
+        1,
+        progress=False,
+    )
     writer.submit("synthetic_00001", np.ones((1, 64, 64), np.float32), np.array([1]))
     with pytest.raises(IsimError, match=r"synthetic_00001\.jpg is missing"):
         writer.close()
 
 
 def test_cam_size_mismatch_names_the_image(tiny_voc: Path, tmp_path: Path) -> None:
-    writer = LabelWriter(LabelStore(tmp_path), tiny_voc / "JPEGImages", settings(), 0, progress=False)
+    writer = LabelWriter(LabelStore(tmp_path), VOCDataset(tiny_voc, "train").image_path, settings(), 0, progress=False)
     with pytest.raises(IsimError, match=r"CAMs of .*synthetic_00000\.jpg are 32x32 but the image is 64x64"):
         writer.submit("synthetic_00000", np.ones((1, 32, 32), np.float32), np.array([1]))
 

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -112,3 +117,17 @@ def test_ddp_cam_evaluation_equals_one_process(labelled_project: Path, tmp_path:
     assert ddp["data"]["images"] == single["data"]["images"] == 23
     assert ddp["cam"]["sweep"] == single["cam"]["sweep"] and ddp["cam"]["best_miou"] > 0
     assert sorted(path.name for path in (tmp_path / "runs/tiny/cam_ddp_cpu").glob("*.log")) == ["train.log"]
+
+
+def test_a_run_dir_in_use_is_refused_and_a_dead_holders_lock_taken_over(tmp_path: Path) -> None:
+    run_dir = tmp_path / "runs/tiny/cam"
+    run_dir.mkdir(parents=True)
+    lock = run_dir / ".isim.lock"
+    lock.write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "started": "2026-11-26 09:00:00"}))
+    busy = run_train(tmp_path, *TINY, "name=tiny", check=False)  # this test's own process holds it: alive
+    assert busy.returncode == 2 and f"is in use by pid {os.getpid()} on {socket.gethostname()}" in busy.stderr
+    assert "2026-11-26 09:00:00" in busy.stderr and not (run_dir / "summary.json").exists()
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    lock.write_text(json.dumps({"pid": int(dead.stdout), "host": socket.gethostname(), "started": "then"}))
+    run_train(tmp_path, *TINY, "name=tiny")  # kill -9 left it: taken over
+    assert read_summary(run_dir)["stage"] == "cam" and not lock.exists()  # released at the end

@@ -114,7 +114,7 @@ def test_warm_start_from_the_previous_round_or_the_classifier(chain: tuple[Path,
         torch.equal(weights[k.replace("net.backbone.", "net.model.encoder.model.")], v) for k, v in backbone.items()
     )
     assert all(torch.equal(weights[k], v) for k, v in decoder.items())  # the decoder is new
-    other = SegmenterModule("resnet14t", len(VOC_CLASSES), pretrained=False)
+    other = SegmenterModule("resnet14t", VOC_CLASSES, pretrained=False)
     with pytest.raises(IsimError, match=r"has backbone 'resnet10t', not model\.backbone='resnet14t'"):
         load_weights(other, segmenter)
 
@@ -134,6 +134,7 @@ def test_rerun_continues_after_the_last_completed_round(chain: tuple[Path, str])
     root, _ = chain
     runs = root / "runs/tiny"
     round_1 = (runs / "round-1/summary.json").stat().st_mtime_ns
+    val = read_summary(runs / "round-2")["val"]
     store = LabelStore(runs / "round-2/store")
     lost = ["synthetic_00002", "synthetic_00005", "synthetic_00011"]
     before = {name: store.read(name) for name in lost}
@@ -146,6 +147,7 @@ def test_rerun_continues_after_the_last_completed_round(chain: tuple[Path, str])
     assert (runs / "round-1/summary.json").stat().st_mtime_ns == round_1
     summary = read_summary(runs / "round-2")
     assert summary["labelled_now"] == 3 and summary["in_store"] == 24
+    assert summary["val"] == val  # the finished training is validated again, not reported as NaN
     for name in lost:  # the same checkpoint gives the same labels
         np.testing.assert_array_equal(store.read(name), before[name])
 
@@ -159,3 +161,21 @@ def test_a_round_under_ddp(chain: tuple[Path, str]) -> None:
     assert summary["in_store"] == summary["labelled_now"] == 24 and 0 < summary["labels"]["miou"] <= 1
     assert LabelStore(run_dir / "store").manifest()["complete"]
     assert sorted(path.name for path in run_dir.glob("*.log")) == ["train.log"]
+
+
+def test_a_step_made_with_other_settings_is_refused_or_rerun(chain: tuple[Path, str], tmp_path: Path) -> None:
+    """Changing a key that determines the labels makes the labels and every round stale: refused with the key
+    named, or (iterate.rerun=changed) moved aside and run again; the CAM stage, which it does not determine, stays."""
+    root, _ = chain
+    for part in ("data", "runs"):
+        shutil.copytree(root / part, tmp_path / part)
+    runs = tmp_path / "runs/tiny"
+    cam = (runs / "cam/summary.json").stat().st_mtime_ns
+    refused = run_train(tmp_path, *ITERATE, "crf.bilateral.srgb=3", check=False)
+    assert refused.returncode == 2 and "labels in" in refused.stderr and "crf.bilateral.srgb: 5 -> 3" in refused.stderr
+    assert "iterate.rerun=changed" in refused.stderr and not list(runs.glob("*.stale-*"))
+    run_train(tmp_path, *ITERATE, "crf.bilateral.srgb=3", "iterate.rerun=changed", "logger=csv")
+    assert sorted(p.name.split(".")[0] for p in runs.glob("*.stale-*")) == ["labels", "round-1", "round-2"]
+    assert read_summary(runs / "labels")["settings"]["bilateral"]["srgb"] == 3
+    assert read_summary(runs / "round-2")["determined_by"]["crf.bilateral.srgb"] == 3
+    assert (runs / "cam/summary.json").stat().st_mtime_ns == cam

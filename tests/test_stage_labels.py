@@ -81,9 +81,12 @@ def test_rerun_labels_only_what_is_missing(project: Path) -> None:
     before = store_arrays(store_dir)
     for name in list(before)[:5]:
         (store_dir / f"{name}.png").unlink()
+    (store_dir / f"{list(before)[5]}.png").write_bytes(b"")  # a disk that filled up
+    damaged = store_dir / f"{list(before)[6]}.png"
+    damaged.write_bytes(damaged.read_bytes()[:40])  # a copy cut short
     run_train(project, *LABELS)
     summary = read_summary(project / "runs/tiny/labels")
-    assert summary["labelled_now"] == 5 and summary["in_store"] == 24
+    assert summary["labelled_now"] == 7 and summary["in_store"] == 24
     after = store_arrays(store_dir)
     assert after.keys() == before.keys() and all(np.array_equal(after[k], before[k]) for k in before)
 

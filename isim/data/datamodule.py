@@ -1,7 +1,9 @@
-"""The LightningDataModule over a VOC-layout directory (real VOC or the generated synthetic set)."""
+"""The LightningDataModule over a dataset directory: PASCAL VOC's layout (real VOC, SBD, the generated synthetic
+sets) or a folder of images with CSV labels (``data=folder``)."""
 
 from __future__ import annotations
 
+import copy
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -14,10 +16,13 @@ import torch
 from pytorch_lightning.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from isim.data.classes import IGNORE_INDEX
+from isim.data.classes import IGNORE_INDEX, VOC_CLASSES
+from isim.data.coco import CocoDataset, coco_classes, read_instances
+from isim.data.dataset import LabelledImages
+from isim.data.folder import FolderDataset, folder_classes, read_rows, split_csv
 from isim.data.synthetic import SyntheticSpec, ensure_synthetic_voc
 from isim.data.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transform, train_transform
-from isim.data.voc import VOCDataset
+from isim.data.voc import VOCDataset, read_split
 from isim.errors import IsimError
 
 
@@ -27,7 +32,7 @@ class TransformedDataset(Dataset):
     A ``tolerant`` dataset returns {"name", "error"} for an unreadable sample instead of raising.
     """
 
-    def __init__(self, voc: VOCDataset, transform: A.Compose, tolerant: bool = False) -> None:
+    def __init__(self, voc: LabelledImages, transform: A.Compose, tolerant: bool = False) -> None:
         self.voc, self.transform, self.tolerant = voc, transform, tolerant
         self._seeded_in: int | None = None
 
@@ -66,13 +71,19 @@ def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
     return {**(torch.utils.data.default_collate(items) if items else {}), "errors": errors}
 
 
+LAYOUTS = ("voc", "folder", "coco")
+
+
 class WSSSDataModule(pl.LightningDataModule):
-    """Train/val splits of a VOC-layout dataset with image-level labels and (optional) GT masks."""
+    """Train/val splits of a dataset with image-level labels and (optional) GT masks; ``classes`` (background
+    first) is its class list, which every stage, metric, store and checkpoint takes from here."""
 
     def __init__(
         self,
         root: str,
         name: str = "voc12",
+        layout: str = "voc",
+        classes: Sequence[str] | None = None,
         train_split: str = "train",
         val_split: str = "val",
         mask_dir: str = "SegmentationClass",
@@ -89,6 +100,9 @@ class WSSSDataModule(pl.LightningDataModule):
     ) -> None:
         super().__init__()
         self.root = Path(root)
+        if layout not in LAYOUTS:
+            raise IsimError(f"data.layout={layout!r} is unknown; use one of {', '.join(LAYOUTS)}")
+        self.layout = layout
         self.name, self.train_split, self.val_split, self.mask_dir = name, train_split, val_split, mask_dir
         self.batch_size, self.eval_batch_size, self.num_workers = batch_size, eval_batch_size, num_workers
         self.mean, self.std = tuple(mean or IMAGENET_MEAN), tuple(std or IMAGENET_STD)
@@ -98,20 +112,63 @@ class WSSSDataModule(pl.LightningDataModule):
         self.labels = labels  # training masks: "gt" (mask_dir) or a label-store directory
         if self.synthetic is None and not self.root.is_dir():
             raise IsimError(
-                f"data.root={self.root} does not exist; set it to your VOCdevkit/VOC2012 directory, "
-                "or use the generated default with data=synthetic"
+                f"data.root={self.root} does not exist; set it to your VOCdevkit/VOC2012 directory (or your "
+                "data=folder directory), or use the generated default with data=synthetic"
             )
+        self._coco: dict[str, CocoDataset] = {}
+        self.classes = self._classes(classes)
+
+    def _classes(self, foreground: Sequence[str] | None) -> tuple[str, ...]:
+        if foreground is not None:
+            return ("background", *foreground)
+        if self.layout == "folder":
+            return folder_classes(self.root, [self.train_split, self.val_split])
+        if self.layout == "coco":
+            return coco_classes(read_instances(self.root, self.val_split))
+        return VOC_CLASSES
 
     def prepare_data(self) -> None:
         if self.synthetic is not None:
             ensure_synthetic_voc(self.root, self.synthetic)
+        if self.layout == "coco":  # GT masks rendered from the instances, once
+            for split in (self.train_split, self.val_split):
+                self._coco_split(split, render=True)
 
-    def split(self, split: str, check_images: bool = True) -> VOCDataset:
-        return VOCDataset(self.root, split, self.mask_dir, check_images=check_images)
+    def split(self, split: str, check_images: bool = True, mask_dir: str | None = None) -> LabelledImages:
+        """The images, labels and masks (``mask_dir``, default data.mask_dir) of ``split``."""
+        masks = mask_dir or self.mask_dir
+        if self.layout == "folder":
+            return FolderDataset(self.root, split, self.classes, masks, check_images)
+        if self.layout == "coco":
+            data = copy.copy(self._coco_split(split))
+            data.mask_dir = Path(masks)
+            return data
+        return VOCDataset(self.root, split, masks, self.classes, check_images)
+
+    def _coco_split(self, split: str, render: bool = False) -> CocoDataset:
+        """A COCO split, its JSON parsed once per process (the train one is ~450 MB)."""
+        if split not in self._coco or render:
+            self._coco[split] = CocoDataset(self.root, split, self.mask_dir, render)
+        return self._coco[split]
+
+    @property
+    def left_out(self) -> int:
+        """Training images the layout leaves out (COCO's without any instance)."""
+        return self._coco_split(self.train_split).left_out if self.layout == "coco" else 0
+
+    def image_paths(self, split: str) -> dict[str, Path]:
+        """Name -> image file of ``split``, read from its list alone: no annotations needed (VOC's test split)."""
+        if self.layout == "coco":
+            return dict(self._coco_split(split).files)
+        if self.layout == "folder":
+            return {
+                Path(image).stem: self.root / "images" / image for image, _ in read_rows(split_csv(self.root, split))
+            }
+        return {name: self.root / "JPEGImages" / f"{name}.jpg" for name in read_split(self.root, split)}
 
     def train_dataloader(self) -> DataLoader:
         masks = self.mask_dir if self.labels == "gt" else self.labels
-        data = TransformedDataset(VOCDataset(self.root, self.train_split, masks), self.train_tf)
+        data = TransformedDataset(self.split(self.train_split, mask_dir=masks), self.train_tf)
         batch = self.per_device_batch_size(self.trainer.world_size if self.trainer is not None else 1)
         return self._loader(data, batch, shuffle=True, drop_last=len(data) >= batch)
 
@@ -134,7 +191,7 @@ class WSSSDataModule(pl.LightningDataModule):
         shard = UnrepeatedDistributedSampler(data, self.trainer.world_size, self.trainer.global_rank, shuffle=False)
         return self._loader(data, self.eval_batch_size, shuffle=False, sampler=shard)
 
-    def eval_dataloader(self, split: str | VOCDataset, tolerant: bool = False) -> DataLoader:
+    def eval_dataloader(self, split: str | LabelledImages, tolerant: bool = False) -> DataLoader:
         """Un-augmented, full-size images of ``split`` (a name or a dataset), in list order."""
         data = self.split(split) if isinstance(split, str) else split
         return self._loader(TransformedDataset(data, self.eval_tf, tolerant), self.eval_batch_size, shuffle=False)

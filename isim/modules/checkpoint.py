@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -14,8 +15,9 @@ from isim.modules.classifier import ClassifierModule
 from isim.modules.segmenter import SegmenterModule
 
 
-def load_network(path: Path) -> Classifier | Segmenter:
-    """The network of a classifier or segmenter checkpoint, in eval mode, read once.
+def load_module(path: Path) -> ClassifierModule | SegmenterModule:
+    """The classifier or segmenter module of a checkpoint, its network in eval mode, read once; its
+    ``hparams.classes`` are the class names it was trained on.
 
     Never re-downloads pretrained weights: the checkpoint's own weights replace them anyway.
     """
@@ -28,4 +30,26 @@ def load_network(path: Path) -> Classifier | Segmenter:
         module.load_state_dict(checkpoint["state_dict"])
     except (KeyError, TypeError, RuntimeError, pickle.UnpicklingError) as error:
         raise IsimError(f"{path} is not a classifier or segmenter checkpoint ({brief(error)})") from None
-    return module.net.eval()
+    module.net.eval()
+    return module
+
+
+def load_network(path: Path, classes: Sequence[str] | None = None) -> Classifier | Segmenter:
+    """The network of a classifier or segmenter checkpoint (``load_module``); with ``classes``, refused unless it
+    was trained on that class list."""
+    module = load_module(path)
+    if classes is not None:
+        check_classes(path, module.hparams.classes, classes)
+    return module.net
+
+
+def check_classes(path: Path, trained: Sequence[str], data: Sequence[str]) -> None:
+    """A checkpoint serves only data of the class list (names and order) it was trained on."""
+    if list(trained) == list(data):
+        return
+    only_trained, only_data = sorted(set(trained) - set(data)), sorted(set(data) - set(trained))
+    difference = f"only it has {only_trained}, only the data has {only_data}" if only_trained or only_data else ""
+    raise IsimError(
+        f"{path} was trained on {len(trained) - 1} classes, the data has {len(data) - 1} "
+        f"({difference or 'the same names in another order'}); use a checkpoint made on this data's class list"
+    )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import pytorch_lightning as pl
@@ -19,7 +20,7 @@ class ClassifierModule(pl.LightningModule):
     def __init__(
         self,
         backbone: str,
-        num_classes: int,
+        classes: Sequence[str],
         pretrained: bool | str = True,
         output_stride: int = 16,
         freeze_bn: bool = False,
@@ -29,11 +30,13 @@ class ClassifierModule(pl.LightningModule):
         weight_decay: float = 1e-4,
         poly_power: float = 0.9,
     ) -> None:
+        """``classes``: the dataset's class names, background first (the checkpoint records them)."""
         super().__init__()
         self.save_hyperparameters()
-        self.net = Classifier(backbone, num_classes, pretrained, output_stride, freeze_bn)
-        self.val_map = MultilabelAveragePrecision(num_labels=num_classes)
-        self.val_f1 = MultilabelF1Score(num_labels=num_classes)
+        foreground = len(classes) - 1
+        self.net = Classifier(backbone, foreground, pretrained, output_stride, freeze_bn)
+        self.val_map = MultilabelAveragePrecision(num_labels=foreground)
+        self.val_f1 = MultilabelF1Score(num_labels=foreground)
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         loss = F.multilabel_soft_margin_loss(self.net(batch["image"]), batch["labels"])

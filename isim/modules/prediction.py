@@ -14,7 +14,7 @@ from torchmetrics.classification import MulticlassConfusionMatrix
 
 from isim.cam import multiscale_flip
 from isim.crf import crf_scores
-from isim.data import IGNORE_INDEX, VOC_CLASSES, voc_palette
+from isim.data import IGNORE_INDEX, voc_palette
 from isim.io import write_png
 from isim.models.segmenter import Segmenter
 from isim.visualize import blend, colorize
@@ -28,6 +28,7 @@ class SegmenterPrediction(pl.LightningModule):
     def __init__(
         self,
         net: Segmenter,
+        num_classes: int,
         scales: Sequence[float],
         flip: bool,
         masks_dir: str | Path,
@@ -37,7 +38,7 @@ class SegmenterPrediction(pl.LightningModule):
         super().__init__()
         self.net, self.scales, self.flip, self.crf = net, tuple(scales), flip, crf
         self.masks_dir, self.overlay_dir = Path(masks_dir), Path(overlay_dir) if overlay_dir else None
-        self.confusion = MulticlassConfusionMatrix(len(VOC_CLASSES), ignore_index=IGNORE_INDEX)
+        self.confusion = MulticlassConfusionMatrix(num_classes, ignore_index=IGNORE_INDEX)
         self.palette = voc_palette()
 
     def transfer_batch_to_device(self, batch: dict[str, Any], device: torch.device, dataloader_idx: int) -> dict:

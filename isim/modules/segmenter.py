@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import pytorch_lightning as pl
@@ -44,7 +45,7 @@ class SegmenterModule(pl.LightningModule):
     def __init__(
         self,
         backbone: str,
-        num_classes: int,
+        classes: Sequence[str],
         decoder: str = "deeplabv3plus",
         pretrained: bool | str = True,
         output_stride: int = 16,
@@ -59,12 +60,13 @@ class SegmenterModule(pl.LightningModule):
         seg_weight: float = 1.0,
         cls_weight: float = 1.0,
     ) -> None:
+        """``classes``: the dataset's class names, background first (the checkpoint records them)."""
         super().__init__()
         self.save_hyperparameters()
-        self.net = Segmenter(backbone, num_classes, decoder, pretrained, output_stride, decoder_args, freeze_bn)
+        self.net = Segmenter(backbone, len(classes), decoder, pretrained, output_stride, decoder_args, freeze_bn)
         # A confusion matrix rather than JaccardIndex: classes absent from both prediction and GT must not
         # count as IoU 0 in the mean.
-        self.val_confusion = MulticlassConfusionMatrix(num_classes, ignore_index=IGNORE_INDEX)
+        self.val_confusion = MulticlassConfusionMatrix(len(classes), ignore_index=IGNORE_INDEX)
         self.last_val_iou: list[float] = []
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:

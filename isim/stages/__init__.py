@@ -16,6 +16,7 @@ from isim.errors import IsimError, brief
 from isim.models import check_backbone
 from isim.stages import cam, iterate, labels, round, seg
 from isim.stages.jobs import needs_own_process, quiet_secondary_ranks, run_child_job
+from isim.stages.lock import run_lock
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +43,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         return json.loads((output_dir / "summary.json").read_text())
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     try:
-        return STAGES[cfg.stage.name](cfg)
+        with run_lock(Path(cfg.paths.output_dir)):
+            return STAGES[cfg.stage.name](cfg)
     except RuntimeError as error:
         if not lost_a_peer(error):
             raise

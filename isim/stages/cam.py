@@ -13,14 +13,16 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from isim.data import VOC_CLASSES, VOCDataset, WSSSDataModule
+from isim.data import WSSSDataModule
+from isim.data.dataset import LabelledImages
 from isim.errors import IsimError
 from isim.metrics import labels_from_cams, mean_iou, sweep_report
 from isim.models import Classifier
 from isim.models.segmenter import Segmenter
-from isim.modules import CAMInference, ClassifierModule
-from isim.modules.checkpoint import load_network
-from isim.stages.common import build_datamodule, build_trainer, finish, log_results, resume_checkpoint, timed
+from isim.modules import CAMInference, ClassifierModule, SegmenterModule
+from isim.modules.checkpoint import check_classes, load_module
+from isim.stages.common import build_datamodule, build_trainer, finish, fit, log_results, resume_checkpoint, timed
+from isim.stages.fingerprint import determining
 from isim.visualize import overlay_strip
 
 log = logging.getLogger(__name__)
@@ -39,25 +41,28 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         net, model = module.net, {key: module.hparams[key] for key in ("backbone", "output_stride", "pretrained")}
         model["epochs"] = trainer.current_epoch
     else:
-        net, classifier_metrics = given_network(cfg), {}
-        datamodule = build_datamodule(cfg, backbone=net.backbone_name)
+        given, classifier_metrics = given_module(cfg), {}
+        net, datamodule = given.net, build_datamodule(cfg, backbone=given.net.backbone_name)
+        check_classes(cfg.ckpt_path, given.hparams.classes, datamodule.classes)
         trainer = build_trainer(cfg, max_epochs=0)
         model = {"backbone": net.backbone_name, "checkpoint": str(cfg.ckpt_path), "network": type(net).__name__}
     with timed(timings, "cam_s"):
         inference, images = evaluate_cams(cfg, net, datamodule, trainer, output_dir)
     confusion = inference.sweep.compute().cpu()
-    report = sweep_report(confusion, cfg.cam.thresholds, VOC_CLASSES)
+    report = sweep_report(confusion, cfg.cam.thresholds, datamodule.classes)
     timings["total_s"] = round(time.perf_counter() - start, 2)
     timings["cam_images_per_s"] = round(images / max(timings["cam_s"], 1e-9), 2)
     summary = {
         "stage": "cam",
         "name": cfg.name,
+        "determined_by": determining(cfg, "cam"),  # what iterate compares before reusing it
         "uses_gt": False,  # trained on image labels; the GT masks only score the CAMs
         "data": {
             "name": datamodule.name,
             "root": str(datamodule.root),
             "split": cfg.cam.split,
             "images": images,
+            "train_images_left_out": datamodule.left_out,  # COCO: train images without any instance
             "mean": list(datamodule.mean),  # the input normalisation: data.mean/std, or the backbone's
             "std": list(datamodule.std),
         },
@@ -93,18 +98,16 @@ def train_classifier(
     cfg: DictConfig, datamodule: WSSSDataModule, trainer: pl.Trainer, output_dir: Path
 ) -> tuple[ClassifierModule, dict[str, float]]:
     """Fit (or resume) the classifier; returns it with its last validation metrics."""
-    module: ClassifierModule = instantiate(cfg.model.classifier, num_classes=len(VOC_CLASSES) - 1)
+    module: ClassifierModule = instantiate(cfg.model.classifier, classes=list(datamodule.classes))
     resume = resume_checkpoint(cfg.ckpt_path, output_dir, dict(module.hparams))
-    trainer.fit(module, datamodule=datamodule, ckpt_path=resume)
-    # Read now, before the CAM evaluation runs another loop on this trainer.
-    return module, {key: float(value) for key, value in trainer.callback_metrics.items() if key.startswith("val/")}
+    return module, fit(trainer, module, datamodule, resume)  # read now, before the CAM inference loop
 
 
-def given_network(cfg: DictConfig) -> Classifier | Segmenter:
-    """``cam.train=false``: the network of ``ckpt_path``, a classifier's or a segmenter's (ISIM's own CAMs)."""
+def given_module(cfg: DictConfig) -> ClassifierModule | SegmenterModule:
+    """``cam.train=false``: the module of ``ckpt_path``, a classifier or a segmenter (ISIM's own CAMs)."""
     if cfg.ckpt_path in (None, "last"):
         raise IsimError("cam.train=false scores a checkpoint's CAMs: give ckpt_path=<classifier or segmenter .ckpt>")
-    return load_network(Path(cfg.ckpt_path))
+    return load_module(Path(cfg.ckpt_path))
 
 
 def evaluate_cams(
@@ -113,7 +116,7 @@ def evaluate_cams(
     """Multi-scale + flip CAMs over ``cam.split`` into the threshold sweep; returns it and the image count."""
     save_dir = output_dir / "cams" if cfg.cam.save else None
     inference = CAMInference(
-        net, cfg.cam.scales, cfg.cam.flip, cfg.cam.thresholds, len(VOC_CLASSES), save_dir, cfg.cam.overlays
+        net, cfg.cam.scales, cfg.cam.flip, cfg.cam.thresholds, len(datamodule.classes), save_dir, cfg.cam.overlays
     )
     loader = datamodule.eval_dataloader(cfg.cam.split)
     trainer.predict(inference, dataloaders=loader, return_predictions=False)
@@ -127,7 +130,7 @@ def _all_background_miou(confusion: torch.Tensor) -> float:
     return mean_iou(gt_only)
 
 
-def _log(trainer: pl.Trainer, report: dict, inference: CAMInference, split: VOCDataset, output_dir: Path) -> None:
+def _log(trainer: pl.Trainer, report: dict, inference: CAMInference, split: LabelledImages, output_dir: Path) -> None:
     scored = report["best_miou"] is not None
     metrics = {"cam/best_miou": report["best_miou"], "cam/best_threshold": report["best_threshold"]} if scored else {}
     rows = [[row["threshold"], row["miou"]] for row in report["sweep"]]

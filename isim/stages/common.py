@@ -124,6 +124,16 @@ def log_results(
             wandb_logger.log_image("overlays", images=list(images.values()), caption=list(images))
 
 
+def fit(trainer: pl.Trainer, module: pl.LightningModule, datamodule: WSSSDataModule, resume: str | None) -> dict:
+    """Train (or resume) ``module``; returns its last validation metrics (``val/...``). A resumed run whose
+    training had finished trains no more and validates nothing, so it is validated once more: its summary then
+    reports the finished model's figures, not NaN."""
+    trainer.fit(module, datamodule=datamodule, ckpt_path=resume)
+    if not any(key.startswith("val/") for key in trainer.callback_metrics):
+        trainer.validate(module, datamodule=datamodule, verbose=False)
+    return {key: float(value) for key, value in trainer.callback_metrics.items() if key.startswith("val/")}
+
+
 def uses_gt(cfg: DictConfig) -> bool:
     """Whether pixel ground truth informed a choice of this run (summaries say so): the GT-best CAM threshold
     (``labels.threshold=oracle``) or GT masks as training labels (``data.labels=gt``). Scoring alone does not count."""

@@ -17,6 +17,7 @@ from pytorch_lightning.loggers import WandbLogger
 from isim.errors import IsimError
 from isim.io import write_csv, write_json
 from isim.stages.common import uses_gt
+from isim.stages.fingerprint import changed_keys, determining
 from isim.stages.jobs import in_multirun, run_child_job
 from isim.visualize import rounds_plot
 
@@ -77,8 +78,23 @@ def _experiment_dir(cfg: DictConfig) -> Path:
 
 
 def _ensure_done(cfg: DictConfig, experiment_dir: Path, step: str, *overrides: str) -> dict[str, Any]:
-    """The step's summary, running its job first unless it has completed."""
+    """The step's summary, running its job first unless it has completed with the keys that determine it as they
+    are now (``fingerprint``); a step done with other values is refused, or with ``iterate.rerun=changed`` moved
+    aside with every later step and run again."""
     summary_path = experiment_dir / step / "summary.json"
+    if summary_path.is_file():
+        kind = "round" if step.startswith("round-") else step
+        recorded = json.loads(summary_path.read_text()).get("determined_by")
+        changed = changed_keys(recorded, determining(cfg, kind))
+        if changed and cfg.iterate.rerun != "changed":
+            shown = ", ".join(f"{key}: {(recorded or {}).get(key)!r} -> {_value(cfg, key)!r}" for key in changed[:4])
+            more = f" and {len(changed) - 4} more" if len(changed) > 4 else ""
+            raise IsimError(
+                f"{step} in {experiment_dir} was made with other settings ({shown}{more}); re-run from it with "
+                "iterate.rerun=changed (its outputs and later steps' move to <dir>.stale-<time>), or name=<new name>"
+            )
+        if changed:
+            _move_aside(experiment_dir, step)
     if summary_path.is_file():
         log.info("%s is done (%s); skipping it", step, summary_path)
     else:
@@ -91,6 +107,21 @@ def _ensure_done(cfg: DictConfig, experiment_dir: Path, step: str, *overrides: s
                 "are kept: fix the cause and re-run stage=iterate to continue from this step"
             )
     return json.loads(summary_path.read_text())
+
+
+def _value(cfg: DictConfig, key: str) -> Any:
+    return OmegaConf.select(cfg, key, default=None)
+
+
+def _move_aside(experiment_dir: Path, step: str) -> None:
+    """``step`` and the steps after it (which were made from its outputs) go to ``<dir>.stale-<time>``."""
+    rounds = sorted(int(p.name[6:]) for p in experiment_dir.glob("round-*") if p.name[6:].isdigit())
+    order = ["cam", "labels", *(f"round-{k}" for k in rounds)]
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    for name in order[order.index(step) :]:
+        if (experiment_dir / name).exists():
+            (experiment_dir / name).rename(experiment_dir / f"{name}.stale-{stamp}")
+            log.warning("%s was made with other settings: moved to %s.stale-%s", name, name, stamp)
 
 
 def _row(k: int, summary: dict[str, Any]) -> list:

@@ -17,15 +17,15 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.accelerators import CPUAccelerator
 from tqdm import tqdm
 
-from isim.data import VOC_CLASSES, VOCDataset, WSSSDataModule
+from isim.data import WSSSDataModule
+from isim.data.dataset import LabelledImages
 from isim.errors import IsimError
 from isim.metrics import confusion_matrix, mean_iou, segmentation_report
-from isim.models import Classifier
-from isim.models.segmenter import Segmenter
 from isim.modules import CAMInference
 from isim.modules.checkpoint import load_network
 from isim.pseudo_labels import LabelSettings, LabelStore, LabelWriter, default_workers, settings_from_config
 from isim.stages.common import build_datamodule, build_trainer, finish, log_results, timed, uses_gt
+from isim.stages.fingerprint import determining
 from isim.visualize import overlay_strip
 
 log = logging.getLogger(__name__)
@@ -48,6 +48,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     summary = {
         "stage": "labels",
         "name": cfg.name,
+        "determined_by": determining(cfg, "labels"),  # what iterate compares before reusing it
         "uses_gt": uses_gt(cfg),
         "checkpoint": str(checkpoint),
         "threshold": settings.threshold,
@@ -76,7 +77,7 @@ def make_labels(
     cfg: DictConfig,
     trainer: pl.Trainer,
     datamodule: WSSSDataModule,
-    data: VOCDataset,
+    data: LabelledImages,
     job: LabelJob,
     store: LabelStore,
     overwrite: bool,
@@ -84,6 +85,7 @@ def make_labels(
 ) -> dict[str, Any]:
     """Label ``data`` into ``store`` (sharded over DDP ranks), then evaluate it on rank 0 (against GT, and
     against ``previous`` labels: the changed fraction); resumes a store of the same job."""
+    net = load_network(job.checkpoint, data.classes)  # refused before anything is written
     if trainer.is_global_zero:
         store.open(_producer(job, data, datamodule), overwrite, job.checkpoint)
     trainer.strategy.barrier()
@@ -99,7 +101,7 @@ def make_labels(
     timings: dict[str, float] = {}
     writer = LabelWriter(
         store,
-        data.root / "JPEGImages",
+        data.image_path,
         job.settings,
         workers,
         cfg.labels.on_error,
@@ -109,11 +111,11 @@ def make_labels(
         batch_size=cfg.crf.batch_size,
     )
     inference = CAMInference(
-        load_cam_network(job.checkpoint),
+        net,
         job.scales,
         job.flip,
         [job.settings.threshold],
-        len(VOC_CLASSES),
+        len(data.classes),
         keep=cfg.labels.overlays,
         writer=writer,
         source=job.source,
@@ -196,20 +198,13 @@ def background_threshold(cfg: DictConfig, cam_summary: dict[str, Any] | None) ->
     return float(cam_summary["cam"]["best_threshold"])
 
 
-def load_cam_network(path: Path) -> Classifier | Segmenter:
-    """The network whose CAMs become labels: the CAM stage's classifier, or a segmenter (ISIM's own CAMs)."""
-    net = load_network(path)
-    if net.head.out_channels != len(VOC_CLASSES) - 1:
-        raise IsimError(f"{path} classifies {net.head.out_channels} classes, the data has {len(VOC_CLASSES) - 1}")
-    return net
-
-
-def evaluate_store(store: LabelStore, data: VOCDataset, previous: LabelStore | None = None) -> dict[str, Any]:
+def evaluate_store(store: LabelStore, data: LabelledImages, previous: LabelStore | None = None) -> dict[str, Any]:
     """Label mIoU, per-class IoU / precision / recall against GT over the pixels the labels do not ignore, and
     the mIoU in IRN's convention, where an ignored (255) label counts as background, so a mode that ignores
     pixels cannot look better by leaving out the hard ones; with ``previous``, the fraction of pixels whose label
     changed from it."""
-    confusion = torch.zeros(len(VOC_CLASSES), len(VOC_CLASSES), dtype=torch.long)
+    size = len(data.classes)
+    confusion = torch.zeros(size, size, dtype=torch.long)
     as_background = torch.zeros_like(confusion)
     ignored = valid = changed = total = 0
     for name in tqdm(data.names, desc="evaluating labels", unit="img", leave=False):
@@ -226,12 +221,12 @@ def evaluate_store(store: LabelStore, data: VOCDataset, previous: LabelStore | N
         valid += int(counted.sum())
         ignored += int((counted & (label == 255)).sum())
         target = np.where(label == 255, 255, gt)
-        confusion += confusion_matrix(torch.from_numpy(label), torch.from_numpy(target), len(VOC_CLASSES))
+        confusion += confusion_matrix(torch.from_numpy(label), torch.from_numpy(target), size)
         filled = np.where(label == 255, 0, label)
-        as_background += confusion_matrix(torch.from_numpy(filled), torch.from_numpy(gt), len(VOC_CLASSES))
+        as_background += confusion_matrix(torch.from_numpy(filled), torch.from_numpy(gt), size)
     report = {"changed_fraction": changed / total} if total else {}
     if valid:
-        report.update(segmentation_report(confusion, VOC_CLASSES), ignored_fraction=ignored / valid)
+        report.update(segmentation_report(confusion, data.classes), ignored_fraction=ignored / valid)
         report["miou_ignored_as_background"] = mean_iou(as_background)
     else:
         report["miou"] = None  # "scored": false says why, rather than a missing key
@@ -240,12 +235,13 @@ def evaluate_store(store: LabelStore, data: VOCDataset, previous: LabelStore | N
     return report
 
 
-def _producer(job: LabelJob, data: VOCDataset, datamodule: WSSSDataModule) -> dict:
+def _producer(job: LabelJob, data: LabelledImages, datamodule: WSSSDataModule) -> dict:
     """What a store's labels depend on; a store is only ever continued by the same producer."""
     return {
         "checkpoint_sha256": hashlib.sha256(job.checkpoint.read_bytes()).hexdigest(),
         "data_root": str(datamodule.root),
         "split": data.split,
+        "classes": list(data.classes),
         "scores": {"source": job.source, "scales": list(job.scales), "flip": job.flip}
         | ({"offsets": list(job.offsets)} if job.offsets else {}),  # absent when off: older stores stay valid
         "settings": dataclasses.asdict(job.settings),
@@ -257,7 +253,7 @@ def _log(
     evaluation: dict,
     inference: CAMInference,
     store: LabelStore,
-    data: VOCDataset,
+    data: LabelledImages,
     output_dir: Path,
 ) -> None:
     metrics = {"labels/miou": evaluation["miou"], "labels/ignored_fraction": evaluation["ignored_fraction"]}

@@ -10,10 +10,11 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from isim.data import VOCDataset
+from isim.data.dataset import LabelledImages
 from isim.errors import IsimError
 from isim.pseudo_labels import LabelStore, class_priors, settings_from_config
 from isim.stages.common import build_datamodule, build_trainer, finish, timed, uses_gt
+from isim.stages.fingerprint import determining
 from isim.stages.labels import LabelJob, make_labels
 from isim.stages.seg import train_segmenter
 
@@ -54,6 +55,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     summary = {
         "stage": "round",
         "name": cfg.name,
+        "determined_by": determining(cfg, "round"),  # what iterate compares before reusing it
         "uses_gt": uses_gt(cfg),
         "round": k,
         "trained_on": str(previous_store),
@@ -74,7 +76,7 @@ def round_number(cfg: DictConfig) -> int:
     return k
 
 
-def logit_offsets(cfg: DictConfig, trained_on: LabelStore, data: VOCDataset) -> tuple[float, ...] | None:
+def logit_offsets(cfg: DictConfig, trained_on: LabelStore, data: LabelledImages) -> tuple[float, ...] | None:
     """tau x log(prior) per class, the prior being the labels the segmenter trained on (``class_priors``): what
     relabelling subtracts from the segmenter's logits to undo the background's majority (logit adjustment, Menon
     et al. 2021). None where the scores are CAMs alone or tau is 0."""

@@ -12,12 +12,13 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from isim.data import VOC_CLASSES, WSSSDataModule
+from isim.data import WSSSDataModule
 from isim.errors import IsimError, brief
 from isim.models.weights import CHECKPOINT_BACKBONES
 from isim.modules import SegmenterModule
+from isim.modules.checkpoint import check_classes
 from isim.pseudo_labels import LabelStore
-from isim.stages.common import build_datamodule, build_trainer, finish, resume_checkpoint, timed, uses_gt
+from isim.stages.common import build_datamodule, build_trainer, finish, fit, resume_checkpoint, timed, uses_gt
 
 log = logging.getLogger(__name__)
 
@@ -59,14 +60,13 @@ def train_segmenter(
         check_store(LabelStore(datamodule.labels), datamodule.split(datamodule.train_split).names)
     # A warm start replaces the encoder's weights: never ask the hub (or a file) for them first.
     weights = {"pretrained": False} if warm_start is not None else {}
-    module: SegmenterModule = instantiate(cfg.model.segmenter, num_classes=len(VOC_CLASSES), **weights)
+    module: SegmenterModule = instantiate(cfg.model.segmenter, classes=list(datamodule.classes), **weights)
     resume = resume_checkpoint(cfg.ckpt_path, output_dir, dict(module.hparams))
     if resume is None and warm_start is not None:
         load_weights(module, warm_start)
-    trainer.fit(module, datamodule=datamodule, ckpt_path=resume)
-    miou = float(trainer.callback_metrics.get("val/mIoU", float("nan")))
+    miou = fit(trainer, module, datamodule, resume).get("val/mIoU", float("nan"))
     log.info("segmenter val mIoU %.4f (trained on %s)", miou, datamodule.labels)
-    per_class = dict(zip(VOC_CLASSES, module.last_val_iou, strict=True)) if module.last_val_iou else {}
+    per_class = dict(zip(datamodule.classes, module.last_val_iou, strict=True)) if module.last_val_iou else {}
     return module, {"split": datamodule.val_split, "miou": miou, "per_class_iou": per_class}
 
 
@@ -77,6 +77,7 @@ def load_weights(module: SegmenterModule, path: Path) -> None:
         raise IsimError(f"warm-start checkpoint {path} not found; run the stage that makes it, or set it to null")
     checkpoint = torch.load(path, map_location="cpu", weights_only=False)
     saved, weights = checkpoint.get("hyper_parameters", {}), checkpoint.get("state_dict", {})
+    check_classes(path, saved.get("classes", []), module.hparams.classes)
     if saved.get("backbone") != module.hparams.backbone:
         raise IsimError(
             f"{path} has backbone {saved.get('backbone')!r}, not model.backbone="
