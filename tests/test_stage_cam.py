@@ -53,11 +53,15 @@ def test_cam_stage_writes_summary_checkpoint_cams_and_overlays(cam_run: Path) ->
 
 def test_rerun_resumes_the_finished_run_and_gives_the_same_numbers(cam_run: Path) -> None:
     first = read_summary(cam_run / "runs/tiny/cam")
+    history = (cam_run / "runs/tiny/cam/csv/metrics.csv").read_text().splitlines()
     result = run_train(cam_run, *TINY, "name=tiny", "cam.save=true")
     assert "resuming from" in result.stdout + result.stderr
     again = read_summary(cam_run / "runs/tiny/cam")
     assert again["model"]["epochs"] == first["model"]["epochs"]
     assert again["cam"]["sweep"] == first["cam"]["sweep"]
+    assert again["classifier"] == first["classifier"]  # validated again: the finished model's figures, not NaN
+    continued = (cam_run / "runs/tiny/cam/csv/metrics.csv").read_text().splitlines()
+    assert len(history) > 2 and continued[: len(history)] == history  # the CSV history survives the resume
 
 
 def test_cam_train_false_scores_a_given_checkpoint_in_cam_eval(cam_run: Path) -> None:

@@ -148,6 +148,8 @@ def test_rerun_continues_after_the_last_completed_round(chain: tuple[Path, str])
     summary = read_summary(runs / "round-2")
     assert summary["labelled_now"] == 3 and summary["in_store"] == 24
     assert summary["val"] == val  # the finished training is validated again, not reported as NaN
+    ids = {path.name for path in (runs / "round-2/wandb").glob("offline-run-*/run-*.wandb")}
+    assert len(list((runs / "round-2/wandb").glob("offline-run-*"))) == 2 and len(ids) == 1  # one run, continued
     for name in lost:  # the same checkpoint gives the same labels
         np.testing.assert_array_equal(store.read(name), before[name])
 

@@ -18,12 +18,13 @@ from hydra.utils import instantiate
 from lightning_fabric.utilities.exceptions import MisconfigurationException
 from omegaconf import DictConfig
 from pytorch_lightning.accelerators import CPUAccelerator
-from pytorch_lightning.loggers import WandbLogger
+from pytorch_lightning.loggers import Logger, WandbLogger
 
 from isim.data import WSSSDataModule
 from isim.data.transforms import input_normalization
 from isim.errors import IsimError, brief
 from isim.io import write_json, write_png
+from isim.loggers import wandb_run_id
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +40,7 @@ def build_trainer(cfg: DictConfig, max_epochs: int, datamodule: WSSSDataModule |
     """The configured Trainer; with the DataModule it trains on, the global batch is checked before any
     DDP process starts."""
     callbacks = [instantiate(callback) for callback in (cfg.get("callbacks") or {}).values()]
-    logger = instantiate(cfg.logger) if cfg.get("logger") else False
+    logger = build_logger(cfg) if cfg.get("logger") else False
     try:
         trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=logger, max_epochs=max_epochs)
     except InstantiationException as error:
@@ -62,6 +63,13 @@ def build_trainer(cfg: DictConfig, max_epochs: int, datamodule: WSSSDataModule |
     if datamodule is not None:
         datamodule.per_device_batch_size(trainer.world_size)
     return trainer
+
+
+def build_logger(cfg: DictConfig) -> Logger:
+    """The configured logger; a W&B run continues the run dir's own run id, so a resumed step stays one run."""
+    if cfg.logger._target_.endswith("WandbLogger"):
+        return instantiate(cfg.logger, id=wandb_run_id(Path(cfg.paths.output_dir)), resume="allow")
+    return instantiate(cfg.logger)
 
 
 def resume_checkpoint(ckpt_path: str | None, output_dir: Path, hparams: dict[str, Any]) -> str | None:

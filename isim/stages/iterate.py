@@ -10,13 +10,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.loggers import WandbLogger
 
 from isim.errors import IsimError
 from isim.io import write_csv, write_json
-from isim.stages.common import uses_gt
+from isim.stages.common import build_logger, uses_gt
 from isim.stages.fingerprint import changed_keys, determining
 from isim.stages.jobs import in_multirun, run_child_job
 from isim.visualize import rounds_plot
@@ -150,7 +149,7 @@ def _log_rounds(cfg: DictConfig, rows: list[list], plot: Path) -> None:
     group."""
     if not cfg.get("logger"):
         return
-    logger = instantiate(cfg.logger)
+    logger = build_logger(cfg)
     for row in rows:
         metrics = {f"rounds/{key}": value for key, value in zip(COLUMNS[1:], row[1:], strict=True) if value is not None}
         logger.log_metrics(metrics, step=row[0])

