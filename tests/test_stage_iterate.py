@@ -181,3 +181,21 @@ def test_a_step_made_with_other_settings_is_refused_or_rerun(chain: tuple[Path, 
     assert read_summary(runs / "labels")["settings"]["bilateral"]["srgb"] == 3
     assert read_summary(runs / "round-2")["determined_by"]["crf.bilateral.srgb"] == 3
     assert (runs / "cam/summary.json").stat().st_mtime_ns == cam
+
+
+def test_steps_run_through_the_configured_launcher(
+    chain: tuple[Path, str], labelled_project: Path, tmp_path: Path
+) -> None:
+    """With hydra/launcher=submitit_local every round is a submitit job (SLURM's path, on this machine), the
+    driver only waits; the round table is the local run's."""
+    root, _ = chain
+    shutil.copytree(labelled_project / "data", tmp_path / "data")
+    for stage in ("cam", "labels"):
+        shutil.copytree(labelled_project / "runs/tiny" / stage, tmp_path / "runs/tiny" / stage)
+    run_train(tmp_path, *ITERATE, "hydra/launcher=submitit_local", "logger=csv")
+    runs = tmp_path / "runs/tiny"
+    assert len(list((runs / ".submitit").glob("*/*_log.out"))) == 2  # one submitit job per round
+    local = read_summary(root / "runs/tiny/iterate")["rounds"]
+    launched = read_summary(runs / "iterate")["rounds"]
+    assert [(r["label_miou"], r["val_miou"]) for r in launched] == [(r["label_miou"], r["val_miou"]) for r in local]
+    assert read_summary(runs / "round-2")["trained_on"] == str(runs / "round-1/store")

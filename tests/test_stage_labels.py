@@ -142,6 +142,9 @@ def test_unreadable_image_is_skipped_or_stops_the_run(project: Path, tmp_path: P
     run_train(tmp_path, *LABELS, "labels.on_error=skip")
     summary = read_summary(tmp_path / "runs/tiny/labels")
     assert list(summary["skipped"]) == ["synthetic_00004"] and summary["in_store"] == 23
+    # ... and the segmenter trains on the 23 labelled images, saying which one it went without.
+    run_train(tmp_path, *LABELS, "stage=seg", "seg.max_epochs=1")
+    assert read_summary(tmp_path / "runs/tiny/seg")["trained_without"] == ["synthetic_00004"]
 
 
 def test_wrong_checkpoint_is_refused(project: Path, tmp_path: Path) -> None:

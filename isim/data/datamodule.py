@@ -116,6 +116,7 @@ class WSSSDataModule(pl.LightningDataModule):
                 "data=folder directory), or use the generated default with data=synthetic"
             )
         self._coco: dict[str, CocoDataset] = {}
+        self.left_out_names: list[str] = []  # training images without a label (skipped by the labels stage)
         self.classes = self._classes(classes)
 
     def _classes(self, foreground: Sequence[str] | None) -> tuple[str, ...]:
@@ -168,7 +169,10 @@ class WSSSDataModule(pl.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         masks = self.mask_dir if self.labels == "gt" else self.labels
-        data = TransformedDataset(self.split(self.train_split, mask_dir=masks), self.train_tf)
+        images = self.split(self.train_split, check_images=not self.left_out_names, mask_dir=masks)
+        if self.left_out_names:
+            images = images.subset([name for name in images.names if name not in set(self.left_out_names)])
+        data = TransformedDataset(images, self.train_tf)
         batch = self.per_device_batch_size(self.trainer.world_size if self.trainer is not None else 1)
         return self._loader(data, batch, shuffle=True, drop_last=len(data) >= batch)
 

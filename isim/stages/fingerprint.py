@@ -46,7 +46,12 @@ def determining(cfg: DictConfig, step: str) -> dict[str, Any]:
         node = OmegaConf.select(cfg, key)
         plain = OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
         values.update(_flatten(key, plain))
-    return {key: value for key, value in sorted(values.items()) if key not in NICETIES}
+    root = f"{cfg.paths.root_dir}/"  # paths inside the project are kept relative: a moved project is the same
+    return {
+        key: f"<root>/{value[len(root) :]}" if isinstance(value, str) and value.startswith(root) else value
+        for key, value in sorted(values.items())
+        if key not in NICETIES
+    }
 
 
 def changed_keys(recorded: dict[str, Any] | None, current: dict[str, Any]) -> list[str]:

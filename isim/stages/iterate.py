@@ -17,7 +17,7 @@ from isim.errors import IsimError
 from isim.io import write_csv, write_json
 from isim.stages.common import build_logger, uses_gt
 from isim.stages.fingerprint import changed_keys, determining
-from isim.stages.jobs import in_multirun, run_child_job
+from isim.stages.jobs import in_multirun, launch_job
 from isim.visualize import rounds_plot
 
 log = logging.getLogger(__name__)
@@ -99,7 +99,7 @@ def _ensure_done(cfg: DictConfig, experiment_dir: Path, step: str, *overrides: s
     else:
         log.info("running %s", " ".join(overrides))
         overrides = (*overrides, f"paths.experiment_dir={experiment_dir}")
-        code = run_child_job(cfg, experiment_dir / step, overrides, drop=OWN_KEYS)
+        code = launch_job(cfg, experiment_dir / step, overrides, drop=OWN_KEYS)
         if code != 0 or not summary_path.is_file():
             raise IsimError(
                 f"{step} failed (exit code {code}; log in {experiment_dir / step}). Completed steps "

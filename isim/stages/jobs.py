@@ -34,6 +34,40 @@ def run_child_job(cfg: DictConfig, run_dir: Path, overrides: Iterable[str], drop
     return subprocess.run(command, cwd=cfg.paths.root_dir).returncode
 
 
+def launch_job(cfg: DictConfig, run_dir: Path, overrides: Iterable[str], drop: Iterable[str] = ()) -> int:
+    """Like ``run_child_job``, but through this job's configured Hydra launcher (``hydra/launcher``): a one-job
+    multirun whose job directory is ``run_dir``, so with ``hydra/launcher=slurm`` the step is its own SLURM job
+    with its own GPUs, and this process only waits for it. The basic launcher runs it as a plain child run."""
+    launcher = configured_launcher()
+    if launcher == "basic":
+        return run_child_job(cfg, run_dir, overrides, drop)
+    command = [
+        sys.executable,
+        str(Path(sys.argv[0]).resolve()),
+        "--multirun",
+        *forwarded_overrides(set(drop)),
+        *forwarded_hydra_overrides(),
+        *overrides,
+        f"hydra/launcher={launcher}",
+        f"hydra.sweep.dir={run_dir.parent}",
+        f"hydra.sweep.subdir={run_dir.name}",
+        "~hydra.callbacks.sweep_summary",  # a one-job sweep: its table would only repeat the step's summary
+    ]
+    return subprocess.run(command, cwd=cfg.paths.root_dir).returncode
+
+
+def configured_launcher() -> str:
+    if not HydraConfig.initialized():
+        return "basic"
+    return HydraConfig.get().runtime.choices.get("hydra/launcher") or "basic"
+
+
+def forwarded_hydra_overrides() -> list[str]:
+    """This job's ``hydra...`` overrides (the launcher's partition, account, ...), but not where it runs."""
+    own = ("hydra/launcher", "hydra.run.", "hydra.sweep.", "hydra.mode", "hydra.job.")
+    return [item for item in HydraConfig.get().overrides.hydra if not item.lstrip("+~").startswith(own)]
+
+
 def forwarded_overrides(drop: set[str]) -> list[str]:
     """This job's command-line overrides (a sweep job's own values included), without the keys in ``drop``."""
     if not HydraConfig.initialized():

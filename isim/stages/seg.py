@@ -40,6 +40,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         "labels": datamodule.labels,
         "model": {key: module.hparams[key] for key in ("backbone", "decoder", "output_stride", "pretrained")},
         "epochs": trainer.current_epoch,
+        "trained_without": datamodule.left_out_names,  # images the labels stage skipped (labels.on_error=skip)
         "val": val,
         "timings": timings,
         "config": OmegaConf.to_container(cfg, resolve=True),
@@ -57,7 +58,8 @@ def train_segmenter(
     """Fit (or resume) the segmenter on ``datamodule.labels``; a fresh run starts from ``warm_start``'s
     weights when given. Returns it with its last validation mIoU and per-class IoU."""
     if datamodule.labels != "gt":
-        check_store(LabelStore(datamodule.labels), datamodule.split(datamodule.train_split).names)
+        names = datamodule.split(datamodule.train_split, check_images=False).names
+        datamodule.left_out_names = check_store(LabelStore(datamodule.labels), names)
     # A warm start replaces the encoder's weights: never ask the hub (or a file) for them first.
     weights = {"pretrained": False} if warm_start is not None else {}
     module: SegmenterModule = instantiate(cfg.model.segmenter, classes=list(datamodule.classes), **weights)
@@ -97,17 +99,21 @@ def load_weights(module: SegmenterModule, path: Path) -> None:
     log.info("warm start from %s", path)
 
 
-def check_store(store: LabelStore, names: list[str]) -> None:
-    """A label store the segmenter can train on: complete, with a label for every training image."""
+def check_store(store: LabelStore, names: list[str]) -> list[str]:
+    """A label store the segmenter can train on: complete, with a label for every training image but those its
+    labels stage skipped (``labels.on_error=skip``: unreadable images), which it returns: training leaves them
+    out and the summary lists them."""
     manifest = store.manifest()
     if manifest is None:
         raise IsimError(
             f"data.labels={store.root} is not a label store (no manifest.json); run stage=labels first, "
             "or train on GT masks with data.labels=gt"
         )
-    missing = store.missing(names)
+    skipped = set(manifest.get("counts", {}).get("skipped", {}))
+    missing = [name for name in store.missing(names) if name not in skipped]
     if missing or not manifest.get("complete"):
         raise IsimError(
             f"label store {store.root} is incomplete ({len(missing)} of {len(names)} training images "
             f"missing, e.g. {missing[:3]}); re-run stage=labels to complete it"
         )
+    return sorted(skipped & set(names))
