@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import cv2
@@ -15,7 +17,7 @@ from pycocotools import mask as coco_mask
 
 from isim.data import VOCDataset, WSSSDataModule
 from isim.errors import IsimError
-from tests.conftest import TINY_RUN, read_summary, run_train
+from tests.conftest import ROOT, TINY_RUN, read_summary, run_train
 
 CATEGORY_IDS = [*range(1, 12), *range(13, 22)]  # COCO's first 20 ids: 12 is unused, isim's index is 1 + position
 
@@ -115,15 +117,49 @@ def test_masks_are_rendered_once_from_polygons_and_rle(coco: tuple[Path, dict], 
     assert (tmp_path / "masks" / f"{first}.png").stat().st_mtime_ns == stamp  # never recomputed
 
 
-def test_stages_run_on_coco(coco: tuple[Path, dict], tmp_path: Path) -> None:
+def test_cam_labels_a_round_and_infer_on_coco(coco: tuple[Path, dict], tmp_path: Path) -> None:
     root, _ = coco
     overrides = [*TINY_RUN, "data=coco14", f"data.root={root}", "name=c", "data.eval_batch_size=8", "crf.workers=1"]
-    run_train(tmp_path, *overrides)
-    run_train(tmp_path, *overrides, "stage=labels")
-    cam, labels = read_summary(tmp_path / "runs/c/cam"), read_summary(tmp_path / "runs/c/labels")
+    run_train(tmp_path, *overrides, "stage=iterate", "iterate.rounds=1", "iterate.epochs_per_round=1")
+    runs = tmp_path / "runs/c"
+    cam, labels = read_summary(runs / "cam"), read_summary(runs / "labels")
     assert cam["data"]["train_images_left_out"] == 1 and len(cam["cam"]["best_per_class_iou"]) == 21
-    assert labels["in_store"] == 24 and 0 < labels["labels"]["miou"] <= 1
     assert set(labels["labels"]["per_class"]) == {"background", *(f"thing{i}" for i in CATEGORY_IDS)}
+    masks = tmp_path / "data/coco14_masks"
+    assert labels["in_store"] == 24 and labels["labels"]["miou"] == pytest.approx(miou(runs / "labels/store", masks))
+    round_1 = read_summary(runs / "round-1")
+    assert round_1["labels"]["miou"] == pytest.approx(miou(runs / "round-1/store", masks))
+    checkpoint = runs / "round-1/checkpoints/last.ckpt"
+    infer = [
+        str(ROOT / "infer.py"),
+        "data=coco14",
+        f"data.root={root}",
+        "name=c",
+        "split=val",
+        f"ckpt_path={checkpoint}",
+    ]
+    result = subprocess.run(
+        [sys.executable, *infer, "data.num_workers=0"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    summary = read_summary(runs / "infer")
+    assert summary["images"] == 8 and summary["eval"]["miou"] == pytest.approx(miou(runs / "infer/masks", masks))
+
+
+def miou(predictions: Path, gt: Path) -> float:
+    """Mean IoU over the classes present in GT or prediction, computed here from the PNGs alone."""
+    confusion = np.zeros((256, 256), np.int64)
+    for path in sorted(predictions.glob("*.png")):
+        pred, target = np.array(Image.open(path)).ravel(), np.array(Image.open(gt / path.name)).ravel()
+        keep = (target != 255) & (pred != 255)
+        np.add.at(confusion, (target[keep], pred[keep]), 1)
+    union = confusion.sum(0) + confusion.sum(1) - np.diag(confusion)
+    present = union > 0
+    return float((np.diag(confusion)[present] / union[present]).mean())
 
 
 @pytest.mark.parametrize(
