@@ -191,6 +191,8 @@ def class_priors(store: LabelStore, names: Sequence[str], image_labels: Sequence
     trained on the store learnt, which relabelling divides out (``iterate.logit_adjustment``). GT-free."""
     pixels, totals = np.zeros(len(image_labels[0]) + 1), np.zeros(len(image_labels[0]) + 1)
     for name, labels in zip(tqdm(names, desc="class priors", unit="img", leave=False), image_labels, strict=True):
+        if not store.path(name).is_file():
+            continue  # skipped by its labels stage (labels.on_error=skip): the segmenter never saw it
         label = store.read(name)
         counted = label != IGNORE_INDEX
         present = np.concatenate([[0], np.flatnonzero(labels) + 1])

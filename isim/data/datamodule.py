@@ -1,5 +1,5 @@
 """The LightningDataModule over a dataset directory: PASCAL VOC's layout (real VOC, SBD, the generated synthetic
-sets) or a folder of images with CSV labels (``data=folder``)."""
+sets), MS COCO 2014's (``data=coco14``) or a folder of images with CSV labels (``data=folder``)."""
 
 from __future__ import annotations
 
@@ -19,10 +19,10 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from isim.data.classes import IGNORE_INDEX, VOC_CLASSES
 from isim.data.coco import CocoDataset, coco_classes, read_instances
 from isim.data.dataset import LabelledImages
-from isim.data.folder import FolderDataset, folder_classes, read_rows, split_csv
+from isim.data.folder import FolderDataset, folder_classes, image_files, read_rows, split_csv
 from isim.data.synthetic import SyntheticSpec, ensure_synthetic_voc
 from isim.data.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transform, train_transform
-from isim.data.voc import VOCDataset, read_split
+from isim.data.voc import VOCDataset, image_file, read_split
 from isim.errors import IsimError
 
 
@@ -116,7 +116,7 @@ class WSSSDataModule(pl.LightningDataModule):
                 "data=folder directory), or use the generated default with data=synthetic"
             )
         self._coco: dict[str, CocoDataset] = {}
-        self.left_out_names: list[str] = []  # training images without a label (skipped by the labels stage)
+        self.skipped: list[str] = []  # training images the label store lacks (its labels stage skipped them)
         self.classes = self._classes(classes)
 
     def _classes(self, foreground: Sequence[str] | None) -> tuple[str, ...]:
@@ -162,16 +162,15 @@ class WSSSDataModule(pl.LightningDataModule):
         if self.layout == "coco":
             return dict(self._coco_split(split).files)
         if self.layout == "folder":
-            return {
-                Path(image).stem: self.root / "images" / image for image, _ in read_rows(split_csv(self.root, split))
-            }
-        return {name: self.root / "JPEGImages" / f"{name}.jpg" for name in read_split(self.root, split)}
+            return image_files(self.root, read_rows(split_csv(self.root, split)))
+        return {name: image_file(self.root, name) for name in read_split(self.root, split)}
 
     def train_dataloader(self) -> DataLoader:
         masks = self.mask_dir if self.labels == "gt" else self.labels
-        images = self.split(self.train_split, check_images=not self.left_out_names, mask_dir=masks)
-        if self.left_out_names:
-            images = images.subset([name for name in images.names if name not in set(self.left_out_names)])
+        images = self.split(self.train_split, check_images=not self.skipped, mask_dir=masks)
+        if self.skipped:
+            skipped = set(self.skipped)
+            images = images.subset([name for name in images.names if name not in skipped])
         data = TransformedDataset(images, self.train_tf)
         batch = self.per_device_batch_size(self.trainer.world_size if self.trainer is not None else 1)
         return self._loader(data, batch, shuffle=True, drop_last=len(data) >= batch)

@@ -36,7 +36,7 @@ class FolderDataset(LabelledImages):
         self.root, self.split, self.classes = Path(root), split, tuple(classes)
         path = split_csv(self.root, split)
         rows = read_rows(path)
-        self.files = {Path(image).stem: self.root / "images" / image for image, _ in rows}
+        self.files = image_files(self.root, rows)
         if len(self.files) < len(rows):
             raise IsimError(f"{path} lists two images with the same file stem; names must be unique")
         self.names = list(self.files)
@@ -47,6 +47,11 @@ class FolderDataset(LabelledImages):
 
     def image_path(self, name: str) -> Path:
         return self.files[name]
+
+
+def image_files(root: Path, rows: list[tuple[str, set[str]]]) -> dict[str, Path]:
+    """Name (file stem) -> image file of a split's CSV rows."""
+    return {Path(image).stem: root / "images" / image for image, _ in rows}
 
 
 def split_csv(root: Path, split: str) -> Path:

@@ -27,6 +27,10 @@ SBD_HINT = (
 )
 
 
+def image_file(root: Path, name: str) -> Path:
+    return root / "JPEGImages" / f"{name}.jpg"
+
+
 def read_split(root: Path, split: str) -> list[str]:
     """Image names of ``split``: a name under ImageSets/Segmentation, or a path to a .txt list.
 
@@ -66,7 +70,7 @@ class VOCDataset(LabelledImages):
             self.check_images()
 
     def image_path(self, name: str) -> Path:
-        return self.root / "JPEGImages" / f"{name}.jpg"
+        return image_file(self.root, name)
 
     def read_labels(self, name: str) -> np.ndarray:
         path = self.root / "Annotations" / f"{name}.xml"

@@ -61,7 +61,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         "trained_on": str(previous_store),
         "warm_start": str(warm_start) if warm_start else None,
         "val": val,
-        "trained_without": datamodule.left_out_names,  # images the previous labels skipped (labels.on_error=skip)
+        "trained_without": datamodule.skipped,  # images the previous labels skipped (labels.on_error=skip)
         "logit_offsets": list(offsets) if offsets else None,
         **result,
         "timings": {**result["timings"], **timings},

@@ -40,7 +40,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         "labels": datamodule.labels,
         "model": {key: module.hparams[key] for key in ("backbone", "decoder", "output_stride", "pretrained")},
         "epochs": trainer.current_epoch,
-        "trained_without": datamodule.left_out_names,  # images the labels stage skipped (labels.on_error=skip)
+        "trained_without": datamodule.skipped,  # images the labels stage skipped (labels.on_error=skip)
         "val": val,
         "timings": timings,
         "config": OmegaConf.to_container(cfg, resolve=True),
@@ -59,7 +59,7 @@ def train_segmenter(
     weights when given. Returns it with its last validation mIoU and per-class IoU."""
     if datamodule.labels != "gt":
         names = datamodule.split(datamodule.train_split, check_images=False).names
-        datamodule.left_out_names = check_store(LabelStore(datamodule.labels), names)
+        datamodule.skipped = check_store(LabelStore(datamodule.labels), names)
     # A warm start replaces the encoder's weights: never ask the hub (or a file) for them first.
     weights = {"pretrained": False} if warm_start is not None else {}
     module: SegmenterModule = instantiate(cfg.model.segmenter, classes=list(datamodule.classes), **weights)
