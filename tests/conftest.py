@@ -44,7 +44,10 @@ TINY = [
     *TINY_RUN,
 ]
 LABELS = [*TINY, "name=tiny", "stage=labels", "crf.workers=1", "labels.overlays=2"]
-ROUNDS = [*LABELS, "iterate.epochs_per_round=1", "iterate.threshold=0.2"]  # ISIM rounds on the tiny set
+# ISIM rounds on the tiny set. Its 2-epoch classifier labels at ~11 mIoU and a 1-epoch segmenter has learnt no
+# prior to divide out, so the logit adjustment only swings its labels between all-background and all-foreground
+# (a known limit: it needs a segmenter that fits its labels); these tests are about the rounds' mechanics.
+ROUNDS = [*LABELS, "iterate.epochs_per_round=1", "iterate.threshold=0.2", "iterate.logit_adjustment=0"]
 
 
 @pytest.fixture(scope="session")

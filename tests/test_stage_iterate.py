@@ -177,7 +177,8 @@ def test_a_step_made_with_other_settings_is_refused_or_rerun(chain: tuple[Path, 
     assert refused.returncode == 2 and "labels in" in refused.stderr and "crf.bilateral.srgb: 5 -> 3" in refused.stderr
     assert "iterate.rerun=changed" in refused.stderr and not list(runs.glob("*.stale-*"))
     run_train(tmp_path, *ITERATE, "crf.bilateral.srgb=3", "iterate.rerun=changed", "logger=csv")
-    assert sorted(p.name.split(".")[0] for p in runs.glob("*.stale-*")) == ["labels", "round-1", "round-2"]
+    moved = {p.name.split(".")[0] for p in runs.glob("*.stale-*")}
+    assert {"labels", "round-1", "round-2"} <= moved and "cam" not in moved  # (and any later round dirs)
     assert read_summary(runs / "labels")["settings"]["bilateral"]["srgb"] == 3
     assert read_summary(runs / "round-2")["determined_by"]["crf.bilateral.srgb"] == 3
     assert (runs / "cam/summary.json").stat().st_mtime_ns == cam

@@ -77,6 +77,9 @@ def round_number(cfg: DictConfig) -> int:
     return k
 
 
+PRIOR_FLOOR = 0.01
+
+
 def logit_offsets(cfg: DictConfig, trained_on: LabelStore, data: LabelledImages) -> tuple[float, ...] | None:
     """tau x log(prior) per class, the prior being the labels the segmenter trained on (``class_priors``): what
     relabelling subtracts from the segmenter's logits to undo the background's majority (logit adjustment, Menon
@@ -85,7 +88,8 @@ def logit_offsets(cfg: DictConfig, trained_on: LabelStore, data: LabelledImages)
     if tau == 0 or cfg.iterate.label_source == "cam":
         return None
     priors = class_priors(trained_on, data.names, data.labels)
-    return tuple(round(float(tau * math.log(max(prior, 1e-6))), 6) for prior in priors)
+    # A class its labels never gave a pixel is no prior to divide out: without a floor it would gain ~14 nats.
+    return tuple(round(float(tau * math.log(max(prior, PRIOR_FLOOR))), 6) for prior in priors)
 
 
 def previous_round(cfg: DictConfig, k: int) -> tuple[Path, str | Path | None]:
