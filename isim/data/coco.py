@@ -61,20 +61,21 @@ class CocoDataset(LabelledImages):
         self.labels = [class_labels(by_image[image["id"]], len(self.classes)) for image in images]
         self.mask_dir = Path(mask_dir) if mask_dir else None
         if render and self.mask_dir is not None:
-            self._render_masks(images, by_image)
+            self._render_masks([by_image[image["id"]] for image in images], images)
         if check_images:
             self.check_images()
 
     def image_path(self, name: str) -> Path:
         return self.files[name]
 
-    def _render_masks(self, images: list[dict], by_image: dict[int, list[dict]]) -> None:
-        """Each image's GT mask not there yet (atomic PNGs: a killed first run resumes where it stopped)."""
-        todo = [image for image in images if not (self.mask_dir / f"{Path(image['file_name']).stem}.png").is_file()]
+    def _render_masks(self, instances: list[list[dict]], images: list[dict]) -> None:
+        """Each image's GT mask not there yet (atomic PNGs: a killed first run resumes where it stopped); the
+        lists follow ``names``."""
+        paths = [self.mask_dir / f"{name}.png" for name in self.names]
+        todo = [job for job in zip(paths, instances, images, strict=True) if not job[0].is_file()]
         palette = voc_palette()
-        for image in tqdm(todo, desc=f"rendering COCO {self.split} masks", unit="img", leave=False):
-            mask = render_mask(by_image[image["id"]], image["height"], image["width"])
-            write_png(self.mask_dir / f"{Path(image['file_name']).stem}.png", mask, palette)
+        for path, found, image in tqdm(todo, desc=f"rendering COCO {self.split} masks", unit="img", leave=False):
+            write_png(path, render_mask(found, image["height"], image["width"]), palette)
 
 
 def class_labels(instances: list[dict], num_classes: int) -> np.ndarray:

@@ -11,10 +11,10 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 _CAM = ("seed", "data", "model.backbone", "model.pretrained", "model.output_stride", "model.freeze_bn")
-STEP_KEYS = {  # the config subtrees each step's results depend on
+STEP_KEYS = {  # the config subtrees each step's results depend on: each step's and its predecessors'
     "cam": (*_CAM, "model.classifier", "cam"),
     "labels": (*_CAM, "model.classifier", "cam", "crf", "labels"),
-    "round": ("seed", "data", "model", "cam", "crf", "labels", "iterate"),
+    "round": ("seed", "data", "model", "cam", "crf", "labels", "iterate"),  # "model" holds all of cam's model.*
 }
 # Inside those subtrees, what changes speed, logging or where files go, not the numbers.
 NICETIES = frozenset(
