@@ -214,7 +214,6 @@ class LabelWriter:
         settings: LabelSettings,
         workers: int,
         on_error: str = "raise",
-        total: int | None = None,
         progress: bool = True,
         device: torch.device | None = None,
         batch_size: int = 8,
@@ -229,7 +228,7 @@ class LabelWriter:
         self.batch: list[tuple[str, np.ndarray, np.ndarray]] = []
         self.written: list[str] = []
         self.skipped: dict[str, str] = {}
-        self.bar = tqdm(total=total, unit="img", desc="pseudo-labels", disable=not progress, dynamic_ncols=True)
+        self.bar = tqdm(unit="img", desc="pseudo-labels", disable=not progress, dynamic_ncols=True)
 
     def submit(self, name: str, cams: np.ndarray, classes: np.ndarray, background: np.ndarray | None = None) -> None:
         """Label image ``name`` from its class scores (``pseudo_labels``), in the pool, inline or in a device batch."""

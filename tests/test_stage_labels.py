@@ -89,6 +89,11 @@ def test_rerun_labels_only_what_is_missing(project: Path) -> None:
     assert summary["labelled_now"] == 7 and summary["in_store"] == 24
     after = store_arrays(store_dir)
     assert after.keys() == before.keys() and all(np.array_equal(after[k], before[k]) for k in before)
+    run_train(project, *LABELS)  # nothing missing: an empty predict run
+    assert (
+        read_summary(project / "runs/tiny/labels")["labelled_now"] == 0
+        and store_arrays(store_dir).keys() == after.keys()
+    )
 
 
 def test_store_of_other_settings_is_refused_unless_overwritten(project: Path) -> None:

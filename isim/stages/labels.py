@@ -89,7 +89,6 @@ def make_labels(
     if trainer.is_global_zero:
         store.open(_producer(job, data, datamodule), overwrite, job.checkpoint)
     trainer.strategy.barrier()
-    todo = data.names if overwrite else store.missing(data.names)
     on_cpu = isinstance(trainer.accelerator, CPUAccelerator)
     # The torch CRF on an accelerator runs on the device right after the scores: no worker processes.
     device = None if on_cpu or job.settings.backend != "torch" else trainer.strategy.root_device
@@ -105,7 +104,6 @@ def make_labels(
         job.settings,
         workers,
         cfg.labels.on_error,
-        len(todo),
         progress=trainer.is_global_zero,
         device=device,
         batch_size=cfg.crf.batch_size,
@@ -121,11 +119,10 @@ def make_labels(
         source=job.source,
         offsets=job.offsets,
     )
+    unlabelled = Unlabelled(datamodule, data, store, overwrite, writer)
     with timed(timings, "label_s"):
         try:
-            if todo:
-                loader = datamodule.eval_dataloader(data.subset(todo), tolerant=True)
-                trainer.predict(inference, dataloaders=loader, return_predictions=False)
+            trainer.predict(inference, datamodule=unlabelled, return_predictions=False)
         finally:
             writer.close()
     skipped = _gather_skipped(writer.skipped)
@@ -133,7 +130,7 @@ def make_labels(
         return {}
     with timed(timings, "eval_s"):
         evaluation = evaluate_store(store, data, previous)
-    labelled_now = len(todo) - len(store.missing(todo))  # by every rank
+    labelled_now = len(unlabelled.todo) - len(store.missing(unlabelled.todo))  # by every rank
     timings["images_per_s"] = round(labelled_now / max(timings["label_s"], 1e-9), 2)
     counts = {
         "images": len(data),
@@ -154,6 +151,29 @@ def make_labels(
         "torch_threads": torch.get_num_threads(),
         "timings": timings,
     }
+
+
+class Unlabelled(pl.LightningDataModule):
+    """The predict loader over the images of ``data`` that ``store`` lacks (all of them when overwriting).
+
+    The list is made once, by rank 0 inside the predict run (the process group is up by then), and broadcast:
+    every rank shards the same list, where ranks listing a store on a network filesystem could each see
+    another one."""
+
+    def __init__(
+        self, datamodule: WSSSDataModule, data: LabelledImages, store: LabelStore, overwrite: bool, writer: LabelWriter
+    ) -> None:
+        super().__init__()
+        self.datamodule, self.data, self.store, self.overwrite, self.writer = datamodule, data, store, overwrite, writer
+        self.todo: list[str] = []
+
+    def predict_dataloader(self) -> torch.utils.data.DataLoader:
+        listed = None
+        if self.trainer.is_global_zero:
+            listed = self.data.names if self.overwrite else self.store.missing(self.data.names)
+        self.todo = self.trainer.strategy.broadcast(listed, src=0)
+        self.writer.bar.reset(total=len(self.todo))
+        return self.datamodule.eval_dataloader(self.data.subset(self.todo), tolerant=True)
 
 
 def _gather_skipped(skipped: dict[str, str]) -> dict[str, str]:
