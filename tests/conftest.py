@@ -5,8 +5,11 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -90,6 +93,23 @@ def run_train(
             f"train.py failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
         )
     return result
+
+
+def kill_when(root: Path, ready: Callable[[], bool], *overrides: str, timeout: float = 300) -> None:
+    """Start ``python train.py`` in ``root`` and ``kill -9`` it, with every process it started, as soon as
+    ``ready()`` holds (polled every 10 ms): a crashed node at a chosen point of the run."""
+    command = [sys.executable, str(ROOT / "train.py"), *overrides]
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "WANDB_SILENT": "true"}
+    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+    process = subprocess.Popen(command, cwd=root, env=env, start_new_session=True, **quiet)
+    deadline = time.monotonic() + timeout
+    while not ready():
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            raise AssertionError(f"train.py {' '.join(overrides)} ended or stalled before the fault point")
+        time.sleep(0.01)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
 
 
 def read_summary(run_dir: Path) -> dict:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import shutil
@@ -14,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.conftest import TINY, TINY_RUN, copy_data_with_subset, read_summary, run_train
+from tests.conftest import TINY, TINY_RUN, copy_data_with_subset, kill_when, read_summary, run_train
 
 
 @pytest.fixture(scope="module")
@@ -62,6 +63,28 @@ def test_rerun_resumes_the_finished_run_and_gives_the_same_numbers(cam_run: Path
     assert again["classifier"] == first["classifier"]  # validated again: the finished model's figures, not NaN
     continued = (cam_run / "runs/tiny/cam/csv/metrics.csv").read_text().splitlines()
     assert len(history) > 2 and continued[: len(history)] == history  # the CSV history survives the resume
+
+
+def test_killed_in_training_then_in_cam_inference_the_stage_resumes(labelled_project: Path, tmp_path: Path) -> None:
+    """kill -9 after the first of 3 epochs, then again once CAMs are being written: the re-runs train only the
+    epochs left (none twice) and then make every CAM; what a kill loses is the epoch in progress."""
+    shutil.copytree(labelled_project / "data", tmp_path / "data")
+    args = [*TINY, "name=tiny", "cam.max_epochs=3", "cam.save=true", "data.eval_batch_size=1"]
+    run_dir = tmp_path / "runs/tiny/cam"
+    last = run_dir / "checkpoints/last.ckpt"
+    kill_when(tmp_path, last.is_file, *args)
+    assert torch.load(last, weights_only=False)["epoch"] < 2 and not (run_dir / "summary.json").exists()
+    kill_when(tmp_path, lambda: any((run_dir / "cams").glob("*.npz")), *args)
+    assert len(list((run_dir / "cams").glob("*.npz"))) < 24 and not (run_dir / "summary.json").exists()
+    assert torch.load(last, weights_only=False)["epoch"] == 2  # training had finished: this kill hit the CAMs
+    result = run_train(tmp_path, *args)
+    assert "resuming from" in result.stdout + result.stderr
+    summary = read_summary(run_dir)
+    assert summary["model"]["epochs"] == 3 and torch.load(last, weights_only=False)["global_step"] == 3 * 3
+    assert summary["data"]["images"] == 24 and len(list((run_dir / "cams").glob("*.npz"))) == 24
+    with open(run_dir / "csv/metrics.csv", newline="") as file:
+        validated = [row["epoch"] for row in csv.DictReader(file) if row.get("val/mAP")]
+    assert len(validated) == len(set(validated)) and validated[-1] == "2", validated  # no epoch twice
 
 
 def test_cam_train_false_scores_a_given_checkpoint_in_cam_eval(cam_run: Path) -> None:

@@ -18,11 +18,16 @@ from isim.errors import IsimError
 from isim.modules import SegmenterModule
 from isim.pseudo_labels import LabelStore
 from isim.stages.seg import load_weights
-from tests.conftest import ROUNDS, read_summary, run_train
+from tests.conftest import ROUNDS, kill_when, read_summary, run_train
 from tests.test_stage_labels import pixel_agreement, store_arrays
 from tests.wandb_offline import offline_runs
 
 ITERATE = [*ROUNDS, "stage=iterate", "iterate.rounds=2", "logger=wandb"]
+
+
+def round_table(experiment: Path) -> list[tuple[float | None, float | None]]:
+    """(label mIoU, val mIoU) of every round, from ``stage=iterate``'s summary."""
+    return [(row["label_miou"], row["val_miou"]) for row in read_summary(experiment / "iterate")["rounds"]]
 
 
 @pytest.fixture(scope="module")
@@ -154,6 +159,27 @@ def test_rerun_continues_after_the_last_completed_round(chain: tuple[Path, str])
         np.testing.assert_array_equal(store.read(name), before[name])
 
 
+def test_iterate_killed_in_training_between_rounds_and_in_relabelling_ends_with_the_same_rounds(
+    chain: tuple[Path, str], labelled_project: Path, tmp_path: Path
+) -> None:
+    """kill -9 of ``stage=iterate`` while round 1 trains, right after round 1 completes, and while round 2
+    relabels: each re-run of the same command picks up there, and the round table is the uninterrupted run's."""
+    root, _ = chain
+    shutil.copytree(labelled_project / "data", tmp_path / "data")
+    for stage in ("cam", "labels"):
+        shutil.copytree(labelled_project / "runs/tiny" / stage, tmp_path / "runs/tiny" / stage)
+    runs, args = tmp_path / "runs/tiny", [*ITERATE, "logger=csv"]
+    kill_when(tmp_path, (runs / "round-1/csv").is_dir, *args)  # the logger's dir is made as training starts
+    assert not (runs / "round-1/checkpoints/last.ckpt").exists()  # (its only epoch had not ended)
+    kill_when(tmp_path, (runs / "round-1/summary.json").is_file, *args)
+    assert not (runs / "round-2/summary.json").exists()
+    kill_when(tmp_path, lambda: any((runs / "round-2/store").glob("*.png")), *args)
+    assert not (runs / "round-2/summary.json").exists() and not (runs / "iterate/summary.json").exists()
+    run_train(tmp_path, *args)
+    assert round_table(runs) == round_table(root / "runs/tiny")
+    assert LabelStore(runs / "round-2/store").manifest()["complete"]
+
+
 def test_a_round_under_ddp(chain: tuple[Path, str]) -> None:
     """Two gloo ranks train, relabel (sharded) and evaluate a round; rank 0 alone writes the summary and log."""
     root, _ = chain
@@ -196,7 +222,5 @@ def test_steps_run_through_the_configured_launcher(
     run_train(tmp_path, *ITERATE, "hydra/launcher=submitit_local", "logger=csv")
     runs = tmp_path / "runs/tiny"
     assert len(list((runs / ".submitit").glob("*/*_log.out"))) == 2  # one submitit job per round
-    local = read_summary(root / "runs/tiny/iterate")["rounds"]
-    launched = read_summary(runs / "iterate")["rounds"]
-    assert [(r["label_miou"], r["val_miou"]) for r in launched] == [(r["label_miou"], r["val_miou"]) for r in local]
+    assert round_table(runs) == round_table(root / "runs/tiny")
     assert read_summary(runs / "round-2")["trained_on"] == str(runs / "round-1/store")

@@ -4,17 +4,13 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from isim.pseudo_labels import LabelStore
-from tests.conftest import LABELS, ROOT, read_summary, run_train
+from tests.conftest import LABELS, kill_when, read_summary, run_train
 
 
 @pytest.fixture
@@ -114,14 +110,7 @@ def test_killed_run_resumes_to_the_same_complete_store(project: Path, tmp_path: 
     store_dir = tmp_path / "runs/tiny/labels/store"
     # Slow the CRF down (many iterations) so the kill lands mid-run.
     args = [*LABELS, "crf.iterations=400"]
-    command = [sys.executable, str(ROOT / "train.py"), *args]
-    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
-    process = subprocess.Popen(command, cwd=tmp_path, start_new_session=True, **quiet)
-    deadline = time.time() + 120
-    while len(list(store_dir.glob("*.png"))) < 3 and time.time() < deadline and process.poll() is None:
-        time.sleep(0.05)
-    os.killpg(process.pid, signal.SIGKILL)
-    process.wait()
+    kill_when(tmp_path, lambda: len(list(store_dir.glob("*.png"))) >= 3, *args)
     partial = len(list(store_dir.glob("*.png")))
     assert 3 <= partial < 24, partial
     assert not LabelStore(store_dir).manifest()["complete"]

@@ -135,10 +135,14 @@ def log_results(
 def fit(trainer: pl.Trainer, module: pl.LightningModule, datamodule: WSSSDataModule, resume: str | None) -> dict:
     """Train (or resume) ``module``; returns its last validation metrics (``val/...``). A resumed run whose
     training had finished trains no more and validates nothing, so it is validated once more: its summary then
-    reports the finished model's figures, not NaN."""
+    reports the finished model's figures, not NaN; unlogged, since the history has them at the last epoch."""
     trainer.fit(module, datamodule=datamodule, ckpt_path=resume)
     if not any(key.startswith("val/") for key in trainer.callback_metrics):
-        trainer.validate(module, datamodule=datamodule, verbose=False)
+        loggers, trainer.loggers = trainer.loggers, []
+        try:
+            trainer.validate(module, datamodule=datamodule, verbose=False)
+        finally:
+            trainer.loggers = loggers
     return {key: float(value) for key, value in trainer.callback_metrics.items() if key.startswith("val/")}
 
 
