@@ -1,18 +1,30 @@
-"""Loading a trained network from a Lightning checkpoint, whichever module made it."""
+"""Lightning checkpoints: written durably, and a trained network loaded back, whichever module made it."""
 
 from __future__ import annotations
 
 import pickle
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
+from pytorch_lightning.plugins import TorchCheckpointIO
 
 from isim.errors import IsimError, brief
+from isim.io import atomic_path
 from isim.models import Classifier
 from isim.models.segmenter import Segmenter
 from isim.modules.classifier import ClassifierModule
 from isim.modules.segmenter import SegmenterModule
+
+
+class DurableCheckpointIO(TorchCheckpointIO):
+    """Lightning's checkpoint writer through ``atomic_path``: written beside, fsynced, renamed, the directory
+    fsynced, with the umask's permissions, so a crash or power loss leaves the previous ``last.ckpt`` or the new one."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any = None) -> None:
+        with atomic_path(path) as tmp:
+            super().save_checkpoint(checkpoint, tmp, storage_options)
 
 
 def load_module(path: Path) -> ClassifierModule | SegmenterModule:

@@ -25,6 +25,7 @@ from isim.data.transforms import input_normalization
 from isim.errors import IsimError, brief
 from isim.io import write_json, write_png
 from isim.loggers import wandb_run_id
+from isim.modules.checkpoint import DurableCheckpointIO
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +43,9 @@ def build_trainer(cfg: DictConfig, max_epochs: int, datamodule: WSSSDataModule |
     callbacks = [instantiate(callback) for callback in (cfg.get("callbacks") or {}).values()]
     logger = build_logger(cfg) if cfg.get("logger") else False
     try:
-        trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=logger, max_epochs=max_epochs)
+        trainer = instantiate(
+            cfg.trainer, callbacks=callbacks, logger=logger, max_epochs=max_epochs, plugins=[DurableCheckpointIO()]
+        )
     except InstantiationException as error:
         if not isinstance(error.__cause__, MisconfigurationException):
             raise
