@@ -36,7 +36,7 @@ INITS = {
         f"model.pretrained={LITE0}",
         "model.classifier.momentum=1e-4",  # IRN's effective SGD: momentum 0.9 at lr 0.1 wrecks pretrained features
         "labels.threshold=0.3",  # ISIM's constant; the synthetic preset's 0.15 is for from-scratch CAMs
-        "iterate.threshold=0.3",
+        "iterate.threshold=0.3",  # label_source=cam relabels against the same background score
     ],
 }
 
