@@ -75,18 +75,21 @@ def compose_config(*overrides: str, output_dir: Path | None = None) -> DictConfi
     return cfg
 
 
+def train_command(*overrides: str) -> list[str]:
+    return [sys.executable, str(ROOT / "train.py"), *overrides]
+
+
+def train_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """This process's environment for a ``train.py`` subprocess: quiet warnings and W&B, plus ``extra``."""
+    return {**os.environ, "PYTHONWARNINGS": "ignore", "WANDB_SILENT": "true", **(extra or {})}
+
+
 def run_train(
     root: Path, *overrides: str, check: bool = True, timeout: int = 600, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess:
     """Run ``python train.py`` in ``root`` (data, runs and sweeps land there), with ``env`` added."""
-    env = {**os.environ, "PYTHONWARNINGS": "ignore", "WANDB_SILENT": "true", **(env or {})}
     result = subprocess.run(
-        [sys.executable, str(ROOT / "train.py"), *overrides],
-        cwd=root,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
+        train_command(*overrides), cwd=root, env=train_env(env), capture_output=True, text=True, timeout=timeout
     )
     if check and result.returncode != 0:
         raise AssertionError(
@@ -98,10 +101,8 @@ def run_train(
 def kill_when(root: Path, ready: Callable[[], bool], *overrides: str, timeout: float = 300) -> None:
     """Start ``python train.py`` in ``root`` and ``kill -9`` it, with every process it started, as soon as
     ``ready()`` holds (polled every 10 ms): a crashed node at a chosen point of the run."""
-    command = [sys.executable, str(ROOT / "train.py"), *overrides]
-    env = {**os.environ, "PYTHONWARNINGS": "ignore", "WANDB_SILENT": "true"}
     quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
-    process = subprocess.Popen(command, cwd=root, env=env, start_new_session=True, **quiet)
+    process = subprocess.Popen(train_command(*overrides), cwd=root, env=train_env(), start_new_session=True, **quiet)
     deadline = time.monotonic() + timeout
     while not ready():
         if process.poll() is not None or time.monotonic() > deadline:

@@ -30,13 +30,18 @@ def round_table(experiment: Path) -> list[tuple[float | None, float | None]]:
     return [(row["label_miou"], row["val_miou"]) for row in read_summary(experiment / "iterate")["rounds"]]
 
 
+def copy_labelled(project: Path, root: Path) -> None:
+    """The tiny project's data, trained classifier and round-0 store, copied into ``root``."""
+    shutil.copytree(project / "data", root / "data")
+    for stage in ("cam", "labels"):
+        shutil.copytree(project / "runs/tiny" / stage, root / "runs/tiny" / stage)
+
+
 @pytest.fixture(scope="module")
 def chain(labelled_project: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     """A copy of the tiny project (trained classifier, round-0 store) after a 2-round ``stage=iterate``."""
     root = tmp_path_factory.mktemp("chain")
-    shutil.copytree(labelled_project / "data", root / "data")
-    for stage in ("cam", "labels"):
-        shutil.copytree(labelled_project / "runs/tiny" / stage, root / "runs/tiny" / stage)
+    copy_labelled(labelled_project, root)
     return root, run_train(root, *ITERATE).stdout
 
 
@@ -165,9 +170,7 @@ def test_iterate_killed_in_training_between_rounds_and_in_relabelling_ends_with_
     """kill -9 of ``stage=iterate`` while round 1 trains, right after round 1 completes, and while round 2
     relabels: each re-run of the same command picks up there, and the round table is the uninterrupted run's."""
     root, _ = chain
-    shutil.copytree(labelled_project / "data", tmp_path / "data")
-    for stage in ("cam", "labels"):
-        shutil.copytree(labelled_project / "runs/tiny" / stage, tmp_path / "runs/tiny" / stage)
+    copy_labelled(labelled_project, tmp_path)
     runs, args = tmp_path / "runs/tiny", [*ITERATE, "logger=csv"]
     kill_when(tmp_path, (runs / "round-1/csv").is_dir, *args)  # the logger's dir is made as training starts
     assert not (runs / "round-1/checkpoints/last.ckpt").exists()  # (its only epoch had not ended)
@@ -216,9 +219,7 @@ def test_steps_run_through_the_configured_launcher(
     """With hydra/launcher=submitit_local every round is a submitit job (SLURM's path, on this machine), the
     driver only waits; the round table is the local run's."""
     root, _ = chain
-    shutil.copytree(labelled_project / "data", tmp_path / "data")
-    for stage in ("cam", "labels"):
-        shutil.copytree(labelled_project / "runs/tiny" / stage, tmp_path / "runs/tiny" / stage)
+    copy_labelled(labelled_project, tmp_path)
     run_train(tmp_path, *ITERATE, "hydra/launcher=submitit_local", "logger=csv")
     runs = tmp_path / "runs/tiny"
     assert len(list((runs / ".submitit").glob("*/*_log.out"))) == 2  # one submitit job per round
