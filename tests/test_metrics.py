@@ -1,13 +1,15 @@
-"""mIoU from confusion matrices, checked against torchmetrics, and the threshold sweep."""
+"""mIoU from confusion matrices, checked against torchmetrics, the threshold sweep, and the classifier's mAP."""
 
 from __future__ import annotations
 
 import math
 
 import torch
-from torchmetrics.classification import MulticlassJaccardIndex
+from torchmetrics.classification import MulticlassJaccardIndex, MultilabelAveragePrecision, MultilabelF1Score
 
+from isim.data import VOC_CLASSES
 from isim.metrics import ThresholdSweep, confusion_matrix, iou_per_class, labels_from_cams, mean_iou, sweep_report
+from isim.modules import ClassifierModule
 
 
 def test_iou_matches_torchmetrics_with_ignored_pixels() -> None:
@@ -70,3 +72,22 @@ def confusion_for(cams: torch.Tensor, masks: torch.Tensor, thresholds: list[floa
     sweep = ThresholdSweep(thresholds, num_classes=2)
     sweep.update(cams, masks)
     return sweep.compute()
+
+
+def test_classifier_val_map_counts_only_the_classes_that_occur() -> None:
+    """A VOC-layout set with 6 of the 20 classes (the held-out synthetic set): mAP and F1 are those of the 6,
+    in two validation batches; averaged over all 20, absent classes scored 0 and a perfect classifier 0.30."""
+    module = ClassifierModule("resnet18", list(VOC_CLASSES), pretrained=False)  # background + 20
+    gen = torch.Generator().manual_seed(0)
+    labels = torch.zeros(40, 20, dtype=torch.int)
+    labels[:, :6] = torch.randint(0, 2, (40, 6), generator=gen)
+    scores = (0.5 * labels + 0.6 * torch.rand(40, 20, generator=gen)).clamp(0, 1)  # good, not perfect
+    for batch in (slice(0, 25), slice(25, 40)):
+        for metric in (module.val_map, module.val_f1, module.val_counts):
+            metric.update(scores[batch], labels[batch])
+    metrics = module.validation_metrics()
+    expected_map = MultilabelAveragePrecision(num_labels=6)(scores[:, :6], labels[:, :6])
+    expected_f1 = MultilabelF1Score(num_labels=6)(scores[:, :6], labels[:, :6])
+    assert 0.5 < expected_map < 1 and 0.5 < expected_f1 < 1
+    assert torch.isclose(metrics["val/mAP"], expected_map) and torch.isclose(metrics["val/F1"], expected_f1)
+    assert MultilabelAveragePrecision(num_labels=20)(scores, labels) < 0.3 * expected_map + 1e-6

@@ -8,14 +8,15 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
-from torchmetrics.classification import MultilabelAveragePrecision, MultilabelF1Score
+from torchmetrics.classification import MultilabelAveragePrecision, MultilabelF1Score, MultilabelStatScores
 
 from isim.models import Classifier
 from isim.optim import sgd_poly
 
 
 class ClassifierModule(pl.LightningModule):
-    """Multi-label soft-margin training of :class:`~isim.models.Classifier`, mAP / F1 on validation."""
+    """Multi-label soft-margin training of :class:`~isim.models.Classifier`, mAP / F1 on validation over the
+    classes that occur there."""
 
     def __init__(
         self,
@@ -35,8 +36,11 @@ class ClassifierModule(pl.LightningModule):
         self.save_hyperparameters()
         foreground = len(classes) - 1
         self.net = Classifier(backbone, foreground, pretrained, output_stride, freeze_bn)
-        self.val_map = MultilabelAveragePrecision(num_labels=foreground)
-        self.val_f1 = MultilabelF1Score(num_labels=foreground)
+        # Per class, averaged over the classes with a positive image: a set that uses 6 of VOC's 20 classes would
+        # otherwise score a perfect classifier 6/20 (torchmetrics gives an absent class AP 0).
+        self.val_map = MultilabelAveragePrecision(num_labels=foreground, average=None)
+        self.val_f1 = MultilabelF1Score(num_labels=foreground, average=None)
+        self.val_counts = MultilabelStatScores(num_labels=foreground, average=None)
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         loss = F.multilabel_soft_margin_loss(self.net(batch["image"]), batch["labels"])
@@ -47,14 +51,19 @@ class ClassifierModule(pl.LightningModule):
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         logits = self.net(batch["image"])
         labels = batch["labels"].int()
-        self.val_map.update(logits.sigmoid(), labels)
-        self.val_f1.update(logits.sigmoid(), labels)
+        for metric in (self.val_map, self.val_f1, self.val_counts):
+            metric.update(logits.sigmoid(), labels)
         self.log("val/loss", F.multilabel_soft_margin_loss(logits, batch["labels"]), sync_dist=True)
 
     def on_validation_epoch_end(self) -> None:
-        self.log_dict({"val/mAP": self.val_map.compute(), "val/F1": self.val_f1.compute()}, prog_bar=True)
-        self.val_map.reset()
-        self.val_f1.reset()
+        self.log_dict(self.validation_metrics(), prog_bar=True)
+        for metric in (self.val_map, self.val_f1, self.val_counts):
+            metric.reset()
+
+    def validation_metrics(self) -> dict[str, torch.Tensor]:
+        """mAP and F1 of this validation epoch, over the classes with at least one positive image."""
+        present = self.val_counts.compute()[:, 4] > 0  # per class: tp, fp, tn, fn, support (positives)
+        return {"val/mAP": self.val_map.compute()[present].mean(), "val/F1": self.val_f1.compute()[present].mean()}
 
     def configure_optimizers(self) -> dict:
         hp = self.hparams
