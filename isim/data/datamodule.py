@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import copy
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -39,8 +39,11 @@ class TransformedDataset(Dataset):
     def __len__(self) -> int:
         return len(self.voc)
 
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        if self._seeded_in != os.getpid():
+    def __getitem__(self, index: int | tuple[int, int]) -> dict[str, Any]:
+        if isinstance(index, tuple):  # (index, augmentation seed) from EpochShuffle
+            index, seed = index
+            self.transform.set_random_seed(seed)
+        elif self._seeded_in != os.getpid():
             # albumentations draws from its own generator; seed it from torch's per-worker seed so that
             # the same seed gives the same augmentations in every worker layout.
             self.transform.set_random_seed(torch.initial_seed() % 2**32)
@@ -59,6 +62,24 @@ class TransformedDataset(Dataset):
             "labels": torch.from_numpy(sample.labels),
             "mask": out["mask"].long(),
         }
+
+
+class EpochShuffle(Sampler[tuple[int, int]]):
+    """Each epoch's order of the images and each image's augmentation seed, drawn from (seed, epoch) when the
+    epoch's pass starts: an epoch does not depend on the ones before it, so a run resumed from a checkpoint after
+    a crash trains its remaining epochs exactly as the uninterrupted run did (generators seeded once per process
+    would restart their streams at the resumed epoch)."""
+
+    def __init__(self, size: int, seed: int, epoch: Callable[[], int]) -> None:
+        self.size, self.seed, self.epoch = size, seed, epoch
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        rng = np.random.default_rng([self.seed, self.epoch()])
+        order, seeds = rng.permutation(self.size), rng.integers(2**32, size=self.size)
+        return iter(zip(order.tolist(), seeds.tolist(), strict=True))
 
 
 def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
@@ -97,6 +118,7 @@ class WSSSDataModule(pl.LightningDataModule):
         std: Sequence[float] | None = None,
         synthetic: dict[str, int] | None = None,
         labels: str = "gt",
+        seed: int = 0,  # the run's seed: each epoch's shuffle and augmentations are drawn from it and the epoch
     ) -> None:
         super().__init__()
         self.root = Path(root)
@@ -105,6 +127,7 @@ class WSSSDataModule(pl.LightningDataModule):
         self.layout = layout
         self.name, self.train_split, self.val_split, self.mask_dir = name, train_split, val_split, mask_dir
         self.batch_size, self.eval_batch_size, self.num_workers = batch_size, eval_batch_size, num_workers
+        self.seed = seed
         self.mean, self.std = tuple(mean or IMAGENET_MEAN), tuple(std or IMAGENET_STD)
         self.train_tf = train_transform(crop_size, resize_long, color_jitter, self.mean, self.std)
         self.eval_tf = eval_transform(self.mean, self.std)
@@ -173,7 +196,14 @@ class WSSSDataModule(pl.LightningDataModule):
             images = images.subset([name for name in images.names if name not in skipped])
         data = TransformedDataset(images, self.train_tf)
         batch = self.per_device_batch_size(self.trainer.world_size if self.trainer is not None else 1)
-        return self._loader(data, batch, shuffle=True, drop_last=len(data) >= batch)
+        # Under DDP, Lightning gives each rank its share of this order (DistributedSamplerWrapper).
+        order = EpochShuffle(len(data), self.seed, self._epoch_to_train)
+        return self._loader(data, batch, shuffle=False, drop_last=len(data) >= batch, sampler=order)
+
+    def _epoch_to_train(self) -> int:
+        """The epoch the training data is drawn for: the epochs trained so far (a resumed run knows it once its
+        checkpoint is restored, before ``trainer.current_epoch`` does)."""
+        return self.trainer.fit_loop.epoch_progress.current.processed if self.trainer is not None else 0
 
     def per_device_batch_size(self, world: int) -> int:
         """``batch_size`` is global: each of ``world`` processes loads its share, so adding devices keeps the

@@ -72,6 +72,6 @@ class ClassifierModule(pl.LightningModule):
             hp.lr,
             hp.momentum,
             hp.weight_decay,
-            self.trainer.estimated_stepping_batches,
+            lambda: self.trainer.estimated_stepping_batches,
             hp.poly_power,
         )

@@ -100,6 +100,6 @@ class SegmenterModule(pl.LightningModule):
             hp.lr,
             hp.momentum,
             hp.weight_decay,
-            self.trainer.estimated_stepping_batches,
+            lambda: self.trainer.estimated_stepping_batches,
             hp.poly_power,
         )

@@ -34,7 +34,7 @@ def build_datamodule(cfg: DictConfig, backbone: str | None = None, **overrides: 
     """The configured data, its inputs normalised as ``backbone``'s (default: model.backbone's) weights expect
     unless data.mean / data.std are set."""
     mean, std = input_normalization(cfg.data.mean, cfg.data.std, backbone or cfg.model.backbone)
-    return instantiate(cfg.data, mean=list(mean), std=list(std), **overrides)
+    return instantiate(cfg.data, mean=list(mean), std=list(std), seed=cfg.seed, **overrides)
 
 
 def build_trainer(cfg: DictConfig, max_epochs: int, datamodule: WSSSDataModule | None = None) -> pl.Trainer:
