@@ -4,7 +4,6 @@ sets), MS COCO 2014's (``data=coco14``) or a folder of images with CSV labels (`
 from __future__ import annotations
 
 import copy
-import os
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -29,12 +28,12 @@ from isim.errors import IsimError
 class TransformedDataset(Dataset):
     """A VOC split as tensors: {"name", "image", "labels", "mask"} (mask 255 where there is no GT).
 
-    A ``tolerant`` dataset returns {"name", "error"} for an unreadable sample instead of raising.
+    A ``tolerant`` dataset returns {"name", "error"} for an unreadable sample instead of raising. A random
+    (training) transform is seeded per image: indexed by ``(index, seed)``, as ``EpochShuffle`` draws them.
     """
 
     def __init__(self, voc: LabelledImages, transform: A.Compose, tolerant: bool = False) -> None:
         self.voc, self.transform, self.tolerant = voc, transform, tolerant
-        self._seeded_in: int | None = None
 
     def __len__(self) -> int:
         return len(self.voc)
@@ -43,11 +42,6 @@ class TransformedDataset(Dataset):
         if isinstance(index, tuple):  # (index, augmentation seed) from EpochShuffle
             index, seed = index
             self.transform.set_random_seed(seed)
-        elif self._seeded_in != os.getpid():
-            # albumentations draws from its own generator; seed it from torch's per-worker seed so that
-            # the same seed gives the same augmentations in every worker layout.
-            self.transform.set_random_seed(torch.initial_seed() % 2**32)
-            self._seeded_in = os.getpid()
         try:
             sample = self.voc[index]
         except IsimError as error:

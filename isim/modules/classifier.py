@@ -50,9 +50,9 @@ class ClassifierModule(pl.LightningModule):
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         logits = self.net(batch["image"])
-        labels = batch["labels"].int()
+        scores, labels = logits.sigmoid(), batch["labels"].int()
         for metric in (self.val_map, self.val_f1, self.val_counts):
-            metric.update(logits.sigmoid(), labels)
+            metric.update(scores, labels)
         self.log("val/loss", F.multilabel_soft_margin_loss(logits, batch["labels"]), sync_dist=True)
 
     def on_validation_epoch_end(self) -> None:
