@@ -38,6 +38,8 @@ def test_labels_stage_writes_a_complete_evaluated_store(project: Path) -> None:
     assert len(list((run_dir / "store").glob("*.png"))) == 24 and summary["skipped"] == {}
     cam = read_summary(project / "runs/tiny/cam")["cam"]
     assert summary["threshold"] == 0.15 and summary["cam_best_miou"] == cam["best_miou"]  # the preset's constant
+    (at_threshold,) = [row["miou"] for row in cam["sweep"] if row["threshold"] == 0.15]
+    assert summary["cam_miou_at_threshold"] == at_threshold  # the CAMs before the CRF, against labels.miou
     assert summary["uses_gt"] is False and read_summary(project / "runs/tiny/cam")["uses_gt"] is False
     labels = summary["labels"]
     assert 0 < labels["miou"] <= 1 and set(labels["per_class"]["background"]) == {"iou", "precision", "recall"}

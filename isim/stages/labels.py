@@ -55,9 +55,14 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         "settings": dataclasses.asdict(settings),
         **result,
         "cam_best_miou": cam_summary["cam"]["best_miou"] if cam_summary else None,
+        # The CAMs at this threshold before the CRF: against labels.miou, what the CRF added or took away.
+        "cam_miou_at_threshold": cam_miou_at(cam_summary, settings.threshold),
         "config": OmegaConf.to_container(cfg, resolve=True),
     }
     summary["timings"]["total_s"] = round(time.perf_counter() - start, 2)
+    if summary["cam_miou_at_threshold"] is not None and result["labels"]["scored"]:
+        before, after = summary["cam_miou_at_threshold"], result["labels"]["miou"]
+        log.info("the CAMs at threshold %.2f score %.4f before the CRF, %.4f after", settings.threshold, before, after)
     return finish(trainer, output_dir, summary)
 
 
@@ -201,6 +206,12 @@ def cam_stage_summary(cfg: DictConfig) -> dict[str, Any] | None:
     """The CAM stage's summary.json (its best threshold and mIoU), if that stage has run."""
     path = Path(cfg.labels.cam_dir) / "summary.json"
     return json.loads(path.read_text()) if path.is_file() else None
+
+
+def cam_miou_at(cam_summary: dict[str, Any] | None, threshold: float) -> float | None:
+    """The CAM sweep's mIoU at ``threshold`` (None without a scored sweep or where it did not sweep that value)."""
+    rows = cam_summary["cam"]["sweep"] if cam_summary else []
+    return next((row["miou"] for row in rows if abs(row["threshold"] - threshold) < 1e-9), None)
 
 
 def background_threshold(cfg: DictConfig, cam_summary: dict[str, Any] | None) -> float:
