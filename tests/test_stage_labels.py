@@ -94,6 +94,14 @@ def test_rerun_labels_only_what_is_missing(project: Path) -> None:
     )
 
 
+def test_two_threshold_labels_ignore_pixels_and_name_no_single_cam_threshold(project: Path, tmp_path: Path) -> None:
+    shutil.copytree(project / "runs/tiny/cam", tmp_path / "runs/tiny/cam")
+    shutil.copytree(project / "data", tmp_path / "data")
+    run_train(tmp_path, *LABELS, "labels.confident={fg: 0.30, bg: 0.05}")
+    summary = read_summary(tmp_path / "runs/tiny/labels")
+    assert summary["labels"]["ignored_fraction"] > 0 and summary["cam_miou_at_threshold"] is None
+
+
 def test_store_of_other_settings_is_refused_unless_overwritten(project: Path) -> None:
     result = run_train(project, *LABELS, "crf.gt_prob=0.9", check=False)
     assert result.returncode == 2 and "made with other settings (differs in settings)" in result.stderr

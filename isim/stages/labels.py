@@ -55,8 +55,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         "settings": dataclasses.asdict(settings),
         **result,
         "cam_best_miou": cam_summary["cam"]["best_miou"] if cam_summary else None,
-        # The CAMs at this threshold before the CRF: against labels.miou, what the CRF added or took away.
-        "cam_miou_at_threshold": cam_miou_at(cam_summary, settings.threshold),
+        # The CAMs at this threshold before the CRF: against labels.miou, what the CRF added or took away
+        # (none in the two-threshold mode, whose labels come from two thresholds).
+        "cam_miou_at_threshold": None if settings.confident else cam_miou_at(cam_summary, settings.threshold),
         "config": OmegaConf.to_container(cfg, resolve=True),
     }
     summary["timings"]["total_s"] = round(time.perf_counter() - start, 2)
