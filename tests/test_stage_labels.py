@@ -23,6 +23,12 @@ def store_arrays(store_dir: Path) -> dict[str, np.ndarray]:
     return {p.stem: store.read(p.stem) for p in sorted(store_dir.glob("*.png"))}
 
 
+def copy_cam_stage(project: Path, target: Path) -> None:
+    """The project's data and CAM stage, in a fresh project ``target`` whose labels stage has not run."""
+    shutil.copytree(project / "runs/tiny/cam", target / "runs/tiny/cam")
+    shutil.copytree(project / "data", target / "data")
+
+
 def pixel_agreement(first: dict[str, np.ndarray], second: dict[str, np.ndarray]) -> float:
     """The fraction of all pixels of two stores (of the same images) with the same label."""
     assert first.keys() == second.keys() and first
@@ -48,8 +54,7 @@ def test_labels_stage_writes_a_complete_evaluated_store(project: Path) -> None:
 
 
 def test_oracle_threshold_is_the_gt_best_and_says_so(project: Path, tmp_path: Path) -> None:
-    shutil.copytree(project / "runs/tiny/cam", tmp_path / "runs/tiny/cam")
-    shutil.copytree(project / "data", tmp_path / "data")
+    copy_cam_stage(project, tmp_path)
     run_train(tmp_path, *LABELS, "labels.threshold=oracle")
     summary = read_summary(tmp_path / "runs/tiny/labels")
     assert summary["threshold"] == read_summary(project / "runs/tiny/cam")["cam"]["best_threshold"]
@@ -95,8 +100,7 @@ def test_rerun_labels_only_what_is_missing(project: Path) -> None:
 
 
 def test_two_threshold_labels_ignore_pixels_and_name_no_single_cam_threshold(project: Path, tmp_path: Path) -> None:
-    shutil.copytree(project / "runs/tiny/cam", tmp_path / "runs/tiny/cam")
-    shutil.copytree(project / "data", tmp_path / "data")
+    copy_cam_stage(project, tmp_path)
     run_train(tmp_path, *LABELS, "labels.confident={fg: 0.30, bg: 0.05}")
     summary = read_summary(tmp_path / "runs/tiny/labels")
     assert summary["labels"]["ignored_fraction"] > 0 and summary["cam_miou_at_threshold"] is None
@@ -115,8 +119,7 @@ def test_unknown_crf_backend_is_one_line(project: Path) -> None:
 
 
 def test_killed_run_resumes_to_the_same_complete_store(project: Path, tmp_path: Path) -> None:
-    shutil.copytree(project / "runs/tiny/cam", tmp_path / "runs/tiny/cam")
-    shutil.copytree(project / "data", tmp_path / "data")
+    copy_cam_stage(project, tmp_path)
     store_dir = tmp_path / "runs/tiny/labels/store"
     # Slow the CRF down (many iterations) so the kill lands mid-run.
     args = [*LABELS, "crf.iterations=400"]
@@ -138,8 +141,7 @@ def test_killed_run_resumes_to_the_same_complete_store(project: Path, tmp_path: 
 
 
 def test_unreadable_image_is_skipped_or_stops_the_run(project: Path, tmp_path: Path) -> None:
-    shutil.copytree(project / "runs/tiny/cam", tmp_path / "runs/tiny/cam")
-    shutil.copytree(project / "data", tmp_path / "data")
+    copy_cam_stage(project, tmp_path)
     (tmp_path / "data/synthetic/JPEGImages/synthetic_00004.jpg").write_bytes(b"broken")
     result = run_train(tmp_path, *LABELS, check=False)
     assert result.returncode == 2 and "synthetic_00004.jpg is corrupt" in result.stderr
