@@ -58,6 +58,19 @@ def test_a_round_with_the_torch_crf_relabels_as_pydensecrf_does(chain: tuple[Pat
     assert abs(ours["labels"]["miou"] - reference["labels"]["miou"]) <= 0.002
 
 
+def test_a_round_sized_to_the_prior_moves_the_background_alone(chain: tuple[Path, str]) -> None:
+    """``iterate.logit_adjustment=share``: one bias on the background's logit, at which round 1's labels cover
+    labels.foreground_share of the train pixels (all 24 images are the sample)."""
+    root, _ = chain
+    prior = ["iterate.logit_adjustment=share", "labels.foreground_share=0.3"]
+    run_train(root, *ROUNDS, "stage=round", "round=1", *prior, "hydra.run.dir=runs/tiny/round-1-share")
+    bias, *classes = read_summary(root / "runs/tiny/round-1-share")["logit_offsets"]
+    assert bias != 0 and classes == [0.0] * len(classes)
+    labels = store_arrays(root / "runs/tiny/round-1-share/store").values()
+    share = sum(int((label > 0).sum()) for label in labels) / sum(label.size for label in labels)
+    assert share == pytest.approx(0.3, abs=0.02)
+
+
 def test_each_round_is_a_hydra_job_with_its_own_dir(chain: tuple[Path, str]) -> None:
     root, stdout = chain
     runs = root / "runs/tiny"

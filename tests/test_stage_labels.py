@@ -79,6 +79,25 @@ def test_without_gt_masks_the_pipeline_makes_the_same_labels(project: Path, tiny
     assert oracle.returncode == 2 and "labels.threshold=oracle needs GT masks" in oracle.stderr
 
 
+def test_share_threshold_sizes_the_labels_to_the_prior(project: Path, tmp_path: Path) -> None:
+    """``labels.threshold=share``: the CAM threshold whose labels, after the CRF, cover labels.foreground_share of
+    the (first 100, here all 24) train images' pixels; a larger prior, a lower threshold and larger labels."""
+    copy_cam_stage(project, tmp_path)
+    missing = run_train(tmp_path, *LABELS, "labels.threshold=share", check=False)
+    assert missing.returncode == 2 and "labels.foreground_share=None must be in (0, 1)" in missing.stderr
+    thresholds = []
+    for prior in (0.1, 0.3):
+        run_train(
+            tmp_path, *LABELS, "labels.threshold=share", f"labels.foreground_share={prior}", "labels.overwrite=true"
+        )
+        summary = read_summary(tmp_path / "runs/tiny/labels")
+        labels = store_arrays(tmp_path / "runs/tiny/labels/store")
+        share = sum(int((label > 0).sum()) for label in labels.values()) / sum(label.size for label in labels.values())
+        assert share == pytest.approx(prior, abs=0.02) and summary["uses_gt"] is False
+        thresholds.append(summary["threshold"])
+    assert thresholds[0] > thresholds[1]
+
+
 def test_rerun_labels_only_what_is_missing(project: Path) -> None:
     store_dir = project / "runs/tiny/labels/store"
     before = store_arrays(store_dir)

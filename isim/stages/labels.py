@@ -7,6 +7,8 @@ import hashlib
 import json
 import logging
 import time
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +26,7 @@ from isim.metrics import confusion_matrix, mean_iou, segmentation_report
 from isim.modules import CAMInference
 from isim.modules.checkpoint import load_network
 from isim.pseudo_labels import LabelSettings, LabelStore, LabelWriter, default_workers, settings_from_config
+from isim.size_prior import score_sample, threshold_for_share
 from isim.stages.common import build_datamodule, build_trainer, finish, log_results, timed, uses_gt
 from isim.stages.fingerprint import determining
 from isim.visualize import overlay_strip
@@ -36,11 +39,12 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     output_dir = Path(cfg.paths.output_dir)
     checkpoint = cam_network_checkpoint(cfg)
     cam_summary = cam_stage_summary(cfg)
-    settings = settings_from_config(cfg.crf, background_threshold(cfg, cam_summary), cfg.labels.confident)
     datamodule = build_datamodule(cfg)
     datamodule.prepare_data()
     data = datamodule.split(cfg.labels.split, check_images=cfg.labels.on_error == "raise")
     trainer = build_trainer(cfg, max_epochs=1)
+    sized = partial(sized_threshold, cfg, checkpoint, datamodule, data, trainer)
+    settings = settings_from_config(cfg.crf, background_threshold(cfg, cam_summary, sized), cfg.labels.confident)
     job = LabelJob(checkpoint, settings, "cam", tuple(cfg.cam.scales), cfg.cam.flip)
     result = make_labels(cfg, trainer, datamodule, data, job, LabelStore(cfg.labels.store_dir), cfg.labels.overwrite)
     if not trainer.is_global_zero:
@@ -215,12 +219,17 @@ def cam_miou_at(cam_summary: dict[str, Any] | None, threshold: float) -> float |
     return next((row["miou"] for row in rows if abs(row["threshold"] - threshold) < 1e-9), None)
 
 
-def background_threshold(cfg: DictConfig, cam_summary: dict[str, Any] | None) -> float:
-    """``labels.threshold``: a number, or ``oracle``: the CAM stage's best against the GT masks."""
+def background_threshold(cfg: DictConfig, cam_summary: dict[str, Any] | None, sized: Callable[[], float]) -> float:
+    """``labels.threshold``: a number; ``share``: the threshold sized to labels.foreground_share (``sized()``,
+    GT-free); ``oracle``: the CAM stage's best against the GT masks."""
+    if cfg.labels.threshold == "share":
+        return sized()
     if cfg.labels.threshold != "oracle":
         threshold = float(cfg.labels.threshold)
         if not 0 < threshold < 1:
-            raise IsimError(f"labels.threshold={threshold} must be in (0, 1), or `oracle` (the GT-best CAM threshold)")
+            raise IsimError(
+                f"labels.threshold={threshold} must be in (0, 1), `share` (labels.foreground_share) or `oracle`"
+            )
         return threshold
     if cam_summary is None:
         summary = Path(cfg.labels.cam_dir) / "summary.json"
@@ -228,6 +237,32 @@ def background_threshold(cfg: DictConfig, cam_summary: dict[str, Any] | None) ->
     if cam_summary["cam"]["best_miou"] is None:
         raise IsimError("labels.threshold=oracle needs GT masks (data.mask_dir); the CAM stage had none. Give a number")
     return float(cam_summary["cam"]["best_threshold"])
+
+
+def sized_threshold(
+    cfg: DictConfig, checkpoint: Path, datamodule: WSSSDataModule, data: LabelledImages, trainer: pl.Trainer
+) -> float:
+    """``labels.threshold=share``: the CAM threshold whose labels, after the CRF, cover labels.foreground_share of
+    a sample of ``data``'s pixels (``isim.size_prior``); every DDP rank takes rank 0's."""
+    share = foreground_share(cfg)
+    if cfg.labels.confident:
+        raise IsimError("labels.threshold=share sizes single-threshold labels; set labels.confident=null")
+    net = load_network(checkpoint, data.classes)
+    sample = score_sample(net, datamodule, data, "cam", cfg.cam.scales, cfg.cam.flip, trainer.strategy.root_device)
+    threshold = threshold_for_share(sample, settings_from_config(cfg.crf, 0.5, None), share)
+    log.info("CAM threshold %.4f: its labels cover labels.foreground_share=%.3f of the sample", threshold, share)
+    return trainer.strategy.broadcast(threshold)
+
+
+def foreground_share(cfg: DictConfig) -> float:
+    """``labels.foreground_share``, checked: the size prior that ``share`` modes match."""
+    share = cfg.labels.get("foreground_share")
+    if share is None or not 0 < float(share) < 1:
+        raise IsimError(
+            f"labels.foreground_share={share} must be in (0, 1) for labels.threshold=share or "
+            "iterate.logit_adjustment=share: the share of image pixels that objects cover, e.g. 0.25"
+        )
+    return float(share)
 
 
 def evaluate_store(store: LabelStore, data: LabelledImages, previous: LabelStore | None = None) -> dict[str, Any]:

@@ -3,20 +3,29 @@ round k-1's weights), then its own scores, refined by the dense CRF, become roun
 
 from __future__ import annotations
 
+import logging
 import math
 import time
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
+import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf
 
+from isim.data.datamodule import WSSSDataModule
 from isim.data.dataset import LabelledImages
 from isim.errors import IsimError
+from isim.modules.checkpoint import load_network
 from isim.pseudo_labels import LabelStore, class_priors, settings_from_config
+from isim.size_prior import background_bias_for_share, score_sample
 from isim.stages.common import build_datamodule, build_trainer, finish, timed, uses_gt
 from isim.stages.fingerprint import determining
-from isim.stages.labels import LabelJob, make_labels
+from isim.stages.labels import LabelJob, foreground_share, make_labels
 from isim.stages.seg import train_segmenter
+
+log = logging.getLogger(__name__)
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
@@ -36,7 +45,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     it = cfg.iterate
     settings = settings_from_config(cfg.crf, it.threshold, None)
     data = datamodule.split(cfg.labels.split, check_images=cfg.labels.on_error == "raise")
-    offsets = logit_offsets(cfg, LabelStore(previous_store), data)
+    sized = partial(sized_bias, cfg, checkpoint, datamodule, data, trainer)
+    offsets = logit_offsets(cfg, LabelStore(previous_store), data, sized)
     job = LabelJob(checkpoint, settings, it.label_source, tuple(it.scales), it.flip, offsets)
     with timed(timings, "relabel_s"):
         result = make_labels(
@@ -80,16 +90,37 @@ def round_number(cfg: DictConfig) -> int:
 PRIOR_FLOOR = 0.01
 
 
-def logit_offsets(cfg: DictConfig, trained_on: LabelStore, data: LabelledImages) -> tuple[float, ...] | None:
-    """tau x log(prior) per class, the prior being the labels the segmenter trained on (``class_priors``): what
-    relabelling subtracts from the segmenter's logits to undo the background's majority (logit adjustment, Menon
-    et al. 2021). None where the scores are CAMs alone or tau is 0."""
-    tau = float(cfg.iterate.logit_adjustment)
-    if tau == 0 or cfg.iterate.label_source == "cam":
+def logit_offsets(
+    cfg: DictConfig, trained_on: LabelStore, data: LabelledImages, sized: Callable[[], float]
+) -> tuple[float, ...] | None:
+    """What relabelling subtracts from the segmenter's logits (``iterate.logit_adjustment``). tau: tau x log(prior)
+    per class, the prior being the labels the segmenter trained on (``class_priors``), undoing the background's
+    majority (logit adjustment, Menon et al. 2021). ``share``: the background's alone, by the bias ``sized()``
+    at which the labels cover labels.foreground_share. None where the scores are CAMs alone or tau is 0."""
+    adjustment = cfg.iterate.logit_adjustment
+    if cfg.iterate.label_source == "cam" or adjustment == 0:
         return None
+    if adjustment == "share":
+        return (sized(),) + (0.0,) * (len(data.classes) - 1)
     priors = class_priors(trained_on, data.names, data.labels)
     # A class its labels never gave a pixel is no prior to divide out: without a floor it would gain ~14 nats.
-    return tuple(round(float(tau * math.log(max(prior, PRIOR_FLOOR))), 6) for prior in priors)
+    return tuple(round(float(adjustment) * math.log(max(prior, PRIOR_FLOOR)), 6) for prior in priors)
+
+
+def sized_bias(
+    cfg: DictConfig, checkpoint: Path, datamodule: WSSSDataModule, data: LabelledImages, trainer: pl.Trainer
+) -> float:
+    """``iterate.logit_adjustment=share``: the background bias at which the segmenter's labels, after the CRF,
+    cover labels.foreground_share of a sample of ``data``'s pixels (``isim.size_prior``); rank 0's for all."""
+    share = foreground_share(cfg)
+    if cfg.iterate.label_source != "seg":
+        raise IsimError("iterate.logit_adjustment=share sizes label_source=seg; use a number with cam+seg")
+    it = cfg.iterate
+    net = load_network(checkpoint, data.classes)
+    sample = score_sample(net, datamodule, data, "seg", it.scales, it.flip, trainer.strategy.root_device)
+    bias = background_bias_for_share(sample, settings_from_config(cfg.crf, it.threshold, None), share)
+    log.info("background logit lowered by %.3f nats: the labels cover labels.foreground_share=%.3f", bias, share)
+    return trainer.strategy.broadcast(bias)
 
 
 def previous_round(cfg: DictConfig, k: int) -> tuple[Path, str | Path | None]:

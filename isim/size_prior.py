@@ -1,0 +1,100 @@
+"""Sizing pseudo-labels to a size prior, GT-free: ``labels.foreground_share``, the share of image pixels that
+objects cover, read off a few images as a person would (a weak annotation, like the image labels).
+
+A CAM threshold or a segmenter's bias means different object sizes for different backbones and data: broad
+ImageNet CAMs at ISIM's 0.3 label about twice the objects, a segmenter trained on such labels keeps them, and one
+trained on labels that miss parts keeps missing them. Sizing instead picks the background score at which the
+labels, after the CRF, cover the prior's share of a sample of train images: round 0's CAM threshold
+(``labels.threshold=share``) and each round's background bias (``iterate.logit_adjustment=share``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from isim.cam import class_scores
+from isim.data.datamodule import WSSSDataModule
+from isim.data.dataset import LabelledImages
+from isim.models.classifier import Classifier
+from isim.models.segmenter import Segmenter
+from isim.pseudo_labels import LabelSettings, pseudo_labels
+
+SAMPLE_IMAGES = 100  # the first train images: their labels are sized to the prior
+BIAS_RANGE = 10.0  # nats the background's logit may move either way
+STEPS = 12  # bisection steps: the threshold to 1/4096, the bias to 1/200 nat
+
+
+@dataclass
+class ScoredSample:
+    """Images (H, W, 3) with the per-class scores of their own classes (K, H, W), those classes' 1-based
+    indices (K,) and the source's own background score (H, W), or None (CAMs: the threshold stands in)."""
+
+    images: list[np.ndarray] = dataclasses.field(default_factory=list)
+    scores: list[np.ndarray] = dataclasses.field(default_factory=list)
+    classes: list[np.ndarray] = dataclasses.field(default_factory=list)
+    backgrounds: list[np.ndarray | None] = dataclasses.field(default_factory=list)
+
+
+def score_sample(
+    net: Classifier | Segmenter,
+    datamodule: WSSSDataModule,
+    data: LabelledImages,
+    source: str,
+    scales: Sequence[float],
+    flip: bool,
+    device: torch.device,
+) -> ScoredSample:
+    """The scores relabelling would compute (``class_scores``) for the first SAMPLE_IMAGES of ``data``."""
+    net = net.to(device).eval()
+    sample = ScoredSample()
+    loader = datamodule.eval_dataloader(data.subset(data.names[:SAMPLE_IMAGES]))
+    for batch in tqdm(loader, desc="size prior sample", unit="batch", leave=False):
+        labels = batch["labels"].to(device)
+        scores, backgrounds = class_scores(net, batch["image"].to(device), labels, source, scales, flip)
+        for i, name in enumerate(batch["name"]):
+            classes = labels[i].nonzero().flatten()
+            sample.images.append(data.read_image(name))
+            sample.scores.append(scores[i, classes].float().cpu().numpy())
+            sample.classes.append((classes + 1).cpu().numpy())
+            sample.backgrounds.append(None if backgrounds is None else backgrounds[i].float().cpu().numpy())
+    return sample
+
+
+def covered(sample: ScoredSample, settings: LabelSettings, background_scale: float = 1.0) -> float:
+    """The share of the sample's pixels its labels (``settings``, after the CRF) make foreground, its own
+    backgrounds multiplied by ``background_scale``."""
+    backgrounds = [None if b is None else b * background_scale for b in sample.backgrounds]
+    labels = pseudo_labels(sample.images, sample.scores, sample.classes, settings, backgrounds=backgrounds)
+    return sum(int((label > 0).sum()) for label in labels) / sum(label.size for label in labels)
+
+
+def threshold_for_share(sample: ScoredSample, settings: LabelSettings, share: float) -> float:
+    """The CAM background threshold whose labels cover ``share`` of the sample's pixels."""
+    at = lambda threshold: covered(sample, dataclasses.replace(settings, threshold=threshold))  # noqa: E731
+    return round(_bisect(at, share, 0.0, 1.0, rising=False), 6)
+
+
+def background_bias_for_share(sample: ScoredSample, settings: LabelSettings, share: float) -> float:
+    """How many nats to lower a segmenter's background logit by so that its labels cover ``share`` of the
+    sample's pixels (lowering it by b scales its background probability by exp(-b) before the softmax's
+    normalisation, which the CRF's unary repeats)."""
+    at = lambda bias: covered(sample, settings, math.exp(-bias))  # noqa: E731
+    return round(_bisect(at, share, -BIAS_RANGE, BIAS_RANGE, rising=True), 6)
+
+
+def _bisect(share_at: Callable[[float], float], share: float, low: float, high: float, rising: bool) -> float:
+    """The x in [low, high] where ``share_at`` (monotone: rising or falling in x) reaches ``share``."""
+    for _ in range(STEPS):
+        middle = (low + high) / 2
+        if (share_at(middle) < share) == rising:
+            low = middle
+        else:
+            high = middle
+    return (low + high) / 2

@@ -1,0 +1,43 @@
+"""Sizing labels to a size prior: the CAM threshold and the segmenter's background bias that make the labels,
+after the CRF, cover a given share of the pixels."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from isim.size_prior import ScoredSample, background_bias_for_share, covered, threshold_for_share
+from tests.test_pseudo_labels import settings
+
+
+def blob_sample(background: bool) -> ScoredSample:
+    """Two images whose brightness ramps with a smooth blob score for one class each (no edge for the CRF to
+    snap to); ``background``: a segmenter's own background score (1 - the blob) instead of the CAM threshold."""
+    yy, xx = np.mgrid[:48, :48]
+    sample = ScoredSample()
+    for centre, width in (((20, 24), 9.0), ((30, 20), 6.0)):
+        blob = np.exp(-((yy - centre[0]) ** 2 + (xx - centre[1]) ** 2) / (2 * width**2)).astype(np.float32)
+        sample.images.append(np.repeat(255 * blob[..., None], 3, axis=2).astype(np.uint8))
+        sample.scores.append(blob[None])
+        sample.classes.append(np.array([7]))
+        sample.backgrounds.append(1 - blob if background else None)
+    return sample
+
+
+@pytest.mark.parametrize("share", [0.05, 0.25])
+def test_the_threshold_for_a_share_labels_that_share(share: float) -> None:
+    sample, crf = blob_sample(background=False), settings()
+    threshold = threshold_for_share(sample, crf, share)
+    assert 0 < threshold < 1
+    assert covered(sample, dataclasses.replace(crf, threshold=threshold)) == pytest.approx(share, abs=0.01)
+
+
+def test_the_background_bias_grows_or_shrinks_a_segmenters_labels_to_the_share() -> None:
+    sample, crf = blob_sample(background=True), settings()
+    own = covered(sample, crf)  # the segmenter's argmax: where the blob beats its complement
+    for share in (own / 3, min(3 * own, 0.6)):
+        bias = background_bias_for_share(sample, crf, share)
+        assert covered(sample, crf, np.exp(-bias)) == pytest.approx(share, abs=0.01)
+        assert (bias > 0) == (share > own)  # the background's logit lowered to grow the labels, raised to shrink
