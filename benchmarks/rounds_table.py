@@ -4,7 +4,7 @@ decision: ``uses_gt`` is checked false).
 
     python benchmarks/rounds_table.py [--sets synthetic,synthetic_heldout] [--inits scratch,lite0]
                                       [--sources seg,cam,cam+seg] [--rounds 3] [--epochs 5] [--workdir DIR]
-                                      [--jobs N] [--plots DIR] [override ...]
+                                      [--jobs N] [--plots DIR] [--size-prior SHARE] [override ...]
 
 Rows of one set and init share their CAM stage and round-0 labels (copied), so a row costs its rounds only.
 ``lite0`` starts from ImageNet weights installed offline (``python benchmarks/lite0_weights.py`` writes
@@ -14,8 +14,10 @@ the held-out set: ~40 and ~15 min); keep one row at a time there (two Lite0 rows
 long as one after the other). ``--jobs N`` runs N rows at once (first the rows that make each set and init's
 CAM stage, then the others): for a GPU machine, with ``trainer=gpu crf.backend=torch`` as overrides, which
 every run gets. Prints a markdown table and, with ``--plots DIR``, writes ``DIR/rounds_<set>.png``: each row's
-label mIoU per round. A workdir keeps every run (re-running continues where it stopped, and a re-run of
-finished rows only reprints and replots them).
+label mIoU per round. ``--size-prior 0.15`` sizes round 0 and every round to that foreground share
+(``labels.threshold=share iterate.logit_adjustment=share``) in place of the thresholds and tau = 1 (seg rows only:
+cam+seg refuses it, cam ignores the bias). A workdir keeps every run (re-running continues where it stopped,
+and a re-run of finished rows only reprints and replots them).
 """
 
 from __future__ import annotations
@@ -62,6 +64,7 @@ def run_row(workdir: Path, data: str, init: str, source: str, args: argparse.Nam
         "logger=csv",
         "trainer.enable_progress_bar=false",
         *INITS[init],
+        *sized(args.size_prior),
         *args.overrides,
     ]
     env = {**os.environ, "PYTHONWARNINGS": "ignore", "WANDB_SILENT": "true"}
@@ -75,6 +78,13 @@ def run_row(workdir: Path, data: str, init: str, source: str, args: argparse.Nam
         raise SystemExit(f"{name} failed (exit code {code}); see {log}")
     print(table_row(experiment, data, init, source, args.rounds), flush=True)
     return experiment
+
+
+def sized(prior: float | None) -> list[str]:
+    """The overrides that size the labels to a foreground share (after INITS: they replace its threshold)."""
+    if prior is None:
+        return []
+    return ["labels.threshold=share", "iterate.logit_adjustment=share", f"labels.foreground_share={prior}"]
 
 
 def row_name(data: str, init: str, source: str) -> str:
@@ -121,6 +131,7 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--jobs", type=int, default=1, help="rows run at once")
     parser.add_argument("--plots", type=Path, default=None, help="a directory for one label-mIoU plot per set")
+    parser.add_argument("--size-prior", type=float, default=None, help="size labels to this foreground share")
     parser.add_argument("overrides", nargs="*", help="config overrides every run gets, e.g. trainer=gpu")
     args = parser.parse_args()
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="isim-rounds-"))

@@ -9,11 +9,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 from PIL import Image
 
 from isim.data import VOCDataset
 from isim.errors import IsimError, exit_on_user_error
+from isim.pseudo_labels import LabelStore
 from isim.stages.common import build_trainer
+from isim.stages.round import logit_offsets
 from isim.sweep import objective
 from tests.conftest import TINY, TINY_RUN, compose_config, run_train
 
@@ -148,3 +151,9 @@ def test_a_bug_while_handling_a_user_error_keeps_its_traceback() -> None:
     with pytest.raises(SystemExit) as stopped:
         exit_on_user_error(wrapped)
     assert stopped.value.code == 2
+
+
+def test_a_logit_adjustment_that_is_neither_a_number_nor_share_names_the_key() -> None:
+    cfg = OmegaConf.create({"iterate": {"logit_adjustment": "balanced", "label_source": "seg"}})
+    with pytest.raises(IsimError, match=r"iterate.logit_adjustment=balanced must be a number \(tau, e.g. 1.0\) or"):
+        logit_offsets(cfg, LabelStore("unused"), None, lambda: 0.0)

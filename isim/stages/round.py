@@ -46,7 +46,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     settings = settings_from_config(cfg.crf, it.threshold, None)
     data = datamodule.split(cfg.labels.split, check_images=cfg.labels.on_error == "raise")
     sized = partial(sized_bias, cfg, checkpoint, datamodule, data, trainer)
-    offsets = logit_offsets(cfg, LabelStore(previous_store), data, sized)
+    with timed(timings, "offsets_s"):  # share: a sample's scores and ~12 CRF passes over it
+        offsets = logit_offsets(cfg, LabelStore(previous_store), data, sized)
     job = LabelJob(checkpoint, settings, it.label_source, tuple(it.scales), it.flip, offsets)
     with timed(timings, "relabel_s"):
         result = make_labels(
@@ -98,13 +99,19 @@ def logit_offsets(
     majority (logit adjustment, Menon et al. 2021). ``share``: the background's alone, by the bias ``sized()``
     at which the labels cover labels.foreground_share. None where the scores are CAMs alone or tau is 0."""
     adjustment = cfg.iterate.logit_adjustment
-    if cfg.iterate.label_source == "cam" or adjustment == 0:
+    if cfg.iterate.label_source == "cam":
         return None
     if adjustment == "share":
         return (sized(),) + (0.0,) * (len(data.classes) - 1)
+    try:
+        tau = float(adjustment)
+    except ValueError:
+        raise IsimError(f"iterate.logit_adjustment={adjustment} must be a number (tau, e.g. 1.0) or `share`") from None
+    if tau == 0:
+        return None
     priors = class_priors(trained_on, data.names, data.labels)
     # A class its labels never gave a pixel is no prior to divide out: without a floor it would gain ~14 nats.
-    return tuple(round(float(adjustment) * math.log(max(prior, PRIOR_FLOOR)), 6) for prior in priors)
+    return tuple(round(tau * math.log(max(prior, PRIOR_FLOOR)), 6) for prior in priors)
 
 
 def sized_bias(
