@@ -13,7 +13,6 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -31,7 +30,7 @@ BIAS_RANGE = 10.0  # nats the background's logit may move either way
 STEPS = 12  # bisection steps: the threshold to 1/4096, the bias to 1/200 nat
 
 
-@dataclass
+@dataclasses.dataclass
 class ScoredSample:
     """Images (H, W, 3) with the per-class scores of their own classes (K, H, W), those classes' 1-based
     indices (K,) and the source's own background score (H, W), or None (CAMs: the threshold stands in)."""
@@ -50,14 +49,17 @@ def score_sample(
     scales: Sequence[float],
     flip: bool,
     device: torch.device,
+    offsets: Sequence[float] | None = None,
 ) -> ScoredSample:
-    """The scores relabelling would compute (``class_scores``) for the first SAMPLE_IMAGES of ``data``."""
+    """The scores relabelling would compute (``class_scores``, ``offsets`` included) for the first SAMPLE_IMAGES
+    of ``data``."""
     net = net.to(device).eval()
+    offsets_tensor = None if offsets is None else torch.tensor(offsets)
     sample = ScoredSample()
     loader = datamodule.eval_dataloader(data.subset(data.names[:SAMPLE_IMAGES]))
     for batch in tqdm(loader, desc="size prior sample", unit="batch", leave=False):
         labels = batch["labels"].to(device)
-        scores, backgrounds = class_scores(net, batch["image"].to(device), labels, source, scales, flip)
+        scores, backgrounds = class_scores(net, batch["image"].to(device), labels, source, scales, flip, offsets_tensor)
         for i, name in enumerate(batch["name"]):
             classes = labels[i].nonzero().flatten()
             sample.images.append(data.read_image(name))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from pathlib import Path
@@ -81,7 +82,8 @@ def test_without_gt_masks_the_pipeline_makes_the_same_labels(project: Path, tiny
 
 def test_share_threshold_sizes_the_labels_to_the_prior(project: Path, tmp_path: Path) -> None:
     """``labels.threshold=share``: the CAM threshold whose labels, after the CRF, cover labels.foreground_share of
-    the (first 100, here all 24) train images' pixels; a larger prior, a lower threshold and larger labels."""
+    the (first 100, here all 24) train images' pixels; a larger prior, a lower threshold and larger labels. A
+    resumed store takes the threshold recorded when it started."""
     copy_cam_stage(project, tmp_path)
     missing = run_train(tmp_path, *LABELS, "labels.threshold=share", check=False)
     assert missing.returncode == 2 and "labels.foreground_share=None must be in (0, 1)" in missing.stderr
@@ -96,6 +98,17 @@ def test_share_threshold_sizes_the_labels_to_the_prior(project: Path, tmp_path: 
         assert share == pytest.approx(prior, abs=0.02) and summary["uses_gt"] is False
         thresholds.append(summary["threshold"])
     assert thresholds[0] > thresholds[1]
+    store = tmp_path / "runs/tiny/labels/store"
+    record = json.loads((store / "sized.json").read_text())
+    assert record["value"] == thresholds[1] and record["made_for"]["share"] == 0.3
+    for png in sorted(store.glob("*.png"))[:3]:  # a crash mid-store: the rerun resumes at the recorded threshold
+        png.unlink()
+    sized = (*LABELS, "labels.threshold=share", "labels.foreground_share=0.3")
+    run_train(tmp_path, *sized)
+    assert read_summary(tmp_path / "runs/tiny/labels")["labelled_now"] == 3
+    (store / "sized.json").write_text(json.dumps({**record, "value": 0.5}))  # the record, not a recomputation
+    refused = run_train(tmp_path, *sized, check=False)
+    assert refused.returncode == 2 and "differs in settings" in refused.stderr
 
 
 def test_rerun_labels_only_what_is_missing(project: Path) -> None:

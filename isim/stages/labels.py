@@ -22,11 +22,12 @@ from tqdm import tqdm
 from isim.data import WSSSDataModule
 from isim.data.dataset import LabelledImages
 from isim.errors import IsimError
+from isim.io import write_json
 from isim.metrics import confusion_matrix, mean_iou, segmentation_report
 from isim.modules import CAMInference
 from isim.modules.checkpoint import load_network
 from isim.pseudo_labels import LabelSettings, LabelStore, LabelWriter, default_workers, settings_from_config
-from isim.size_prior import score_sample, threshold_for_share
+from isim.size_prior import ScoredSample, score_sample, threshold_for_share
 from isim.stages.common import build_datamodule, build_trainer, finish, log_results, timed, uses_gt
 from isim.stages.fingerprint import determining
 from isim.visualize import overlay_strip
@@ -43,10 +44,12 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     datamodule.prepare_data()
     data = datamodule.split(cfg.labels.split, check_images=cfg.labels.on_error == "raise")
     trainer = build_trainer(cfg, max_epochs=1)
-    sized = partial(sized_threshold, cfg, checkpoint, datamodule, data, trainer)
+    scoring = LabelJob(checkpoint, settings_from_config(cfg.crf, 0.5, None), "cam", tuple(cfg.cam.scales), cfg.cam.flip)
+    store = LabelStore(cfg.labels.store_dir)
+    sized = partial(sized_to_prior, cfg, datamodule, data, trainer, threshold_for_share, store, scoring)
     settings = settings_from_config(cfg.crf, background_threshold(cfg, cam_summary, sized), cfg.labels.confident)
-    job = LabelJob(checkpoint, settings, "cam", tuple(cfg.cam.scales), cfg.cam.flip)
-    result = make_labels(cfg, trainer, datamodule, data, job, LabelStore(cfg.labels.store_dir), cfg.labels.overwrite)
+    job = dataclasses.replace(scoring, settings=settings)
+    result = make_labels(cfg, trainer, datamodule, data, job, store, cfg.labels.overwrite)
     if not trainer.is_global_zero:
         return {}
     summary = {
@@ -223,7 +226,11 @@ def background_threshold(cfg: DictConfig, cam_summary: dict[str, Any] | None, si
     """``labels.threshold``: a number; ``share``: the threshold sized to labels.foreground_share (``sized()``,
     GT-free); ``oracle``: the CAM stage's best against the GT masks."""
     if cfg.labels.threshold == "share":
-        return sized()
+        if cfg.labels.confident:
+            raise IsimError("labels.threshold=share sizes single-threshold labels; set labels.confident=null")
+        threshold = sized()
+        log.info("CAM threshold %.4f: its labels cover labels.foreground_share of the sample", threshold)
+        return threshold
     if cfg.labels.threshold != "oracle":
         threshold = float(cfg.labels.threshold)
         if not 0 < threshold < 1:
@@ -239,19 +246,39 @@ def background_threshold(cfg: DictConfig, cam_summary: dict[str, Any] | None, si
     return float(cam_summary["cam"]["best_threshold"])
 
 
-def sized_threshold(
-    cfg: DictConfig, checkpoint: Path, datamodule: WSSSDataModule, data: LabelledImages, trainer: pl.Trainer
+def sized_to_prior(
+    cfg: DictConfig,
+    datamodule: WSSSDataModule,
+    data: LabelledImages,
+    trainer: pl.Trainer,
+    solve: Callable[[ScoredSample, LabelSettings, float], float],
+    store: LabelStore,
+    job: LabelJob,
 ) -> float:
-    """``labels.threshold=share``: the CAM threshold whose labels, after the CRF, cover labels.foreground_share of
-    a sample of ``data``'s pixels (``isim.size_prior``); every DDP rank takes rank 0's."""
+    """``share`` modes: what ``solve`` (``isim.size_prior``) finds on ``job``'s scores of a sample of ``data`` for
+    labels.foreground_share, e.g. the CAM threshold whose labels cover it; every DDP rank takes rank 0's.
+
+    Kept in ``store``'s ``sized.json`` for the same share, job and checkpoint file: a resumed store gets the value
+    it was started with (on a GPU a recomputed one may differ in its last step, and the store would refuse it)."""
     share = foreground_share(cfg)
-    if cfg.labels.confident:
-        raise IsimError("labels.threshold=share sizes single-threshold labels; set labels.confident=null")
-    net = load_network(checkpoint, data.classes)
-    sample = score_sample(net, datamodule, data, "cam", cfg.cam.scales, cfg.cam.flip, trainer.strategy.root_device)
-    threshold = threshold_for_share(sample, settings_from_config(cfg.crf, 0.5, None), share)
-    log.info("CAM threshold %.4f: its labels cover labels.foreground_share=%.3f of the sample", threshold, share)
-    return trainer.strategy.broadcast(threshold)
+    record = store.root / "sized.json"
+    made_for = {
+        "share": share,
+        "job": dataclasses.asdict(job),
+        "checkpoint_mtime_ns": job.checkpoint.stat().st_mtime_ns,
+    }
+    made_for = json.loads(json.dumps(made_for, default=str))  # as the record reads back: tuples as lists
+    saved = json.loads(record.read_text()) if record.is_file() and not cfg.labels.overwrite else {}
+    if saved.get("made_for") == made_for:
+        return saved["value"]
+    net = load_network(job.checkpoint, data.classes)
+    device = trainer.strategy.root_device
+    sample = score_sample(net, datamodule, data, job.source, job.scales, job.flip, device, job.offsets)
+    value = trainer.strategy.broadcast(solve(sample, job.settings, share))
+    if trainer.is_global_zero:
+        store.root.mkdir(parents=True, exist_ok=True)
+        write_json(record, {"made_for": made_for, "value": value})
+    return value
 
 
 def foreground_share(cfg: DictConfig) -> float:

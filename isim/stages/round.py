@@ -3,6 +3,7 @@ round k-1's weights), then its own scores, refined by the dense CRF, become roun
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import time
@@ -11,18 +12,15 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf
 
-from isim.data.datamodule import WSSSDataModule
 from isim.data.dataset import LabelledImages
 from isim.errors import IsimError
-from isim.modules.checkpoint import load_network
 from isim.pseudo_labels import LabelStore, class_priors, settings_from_config
-from isim.size_prior import background_bias_for_share, score_sample
+from isim.size_prior import background_bias_for_share
 from isim.stages.common import build_datamodule, build_trainer, finish, timed, uses_gt
 from isim.stages.fingerprint import determining
-from isim.stages.labels import LabelJob, foreground_share, make_labels
+from isim.stages.labels import LabelJob, make_labels, sized_to_prior
 from isim.stages.seg import train_segmenter
 
 log = logging.getLogger(__name__)
@@ -45,10 +43,11 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     it = cfg.iterate
     settings = settings_from_config(cfg.crf, it.threshold, None)
     data = datamodule.split(cfg.labels.split, check_images=cfg.labels.on_error == "raise")
-    sized = partial(sized_bias, cfg, checkpoint, datamodule, data, trainer)
+    job = LabelJob(checkpoint, settings, it.label_source, tuple(it.scales), it.flip)
+    store = LabelStore(output_dir / "store")
+    sized = partial(sized_to_prior, cfg, datamodule, data, trainer, background_bias_for_share, store, job)
     with timed(timings, "offsets_s"):  # share: a sample's scores and ~12 CRF passes over it
-        offsets = logit_offsets(cfg, LabelStore(previous_store), data, sized)
-    job = LabelJob(checkpoint, settings, it.label_source, tuple(it.scales), it.flip, offsets)
+        job = dataclasses.replace(job, offsets=logit_offsets(cfg, LabelStore(previous_store), data, sized))
     with timed(timings, "relabel_s"):
         result = make_labels(
             cfg,
@@ -56,7 +55,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             datamodule,
             data,
             job,
-            LabelStore(output_dir / "store"),
+            store,
             cfg.labels.overwrite,
             previous=LabelStore(previous_store),
         )
@@ -73,7 +72,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         "warm_start": str(warm_start) if warm_start else None,
         "val": val,
         "trained_without": datamodule.skipped,  # images the previous labels skipped (labels.on_error=skip)
-        "logit_offsets": list(offsets) if offsets else None,
+        "logit_offsets": list(job.offsets) if job.offsets else None,
         **result,
         "timings": {**result["timings"], **timings},
         "config": OmegaConf.to_container(cfg, resolve=True),
@@ -102,7 +101,11 @@ def logit_offsets(
     if cfg.iterate.label_source == "cam":
         return None
     if adjustment == "share":
-        return (sized(),) + (0.0,) * (len(data.classes) - 1)
+        if cfg.iterate.label_source != "seg":
+            raise IsimError("iterate.logit_adjustment=share sizes label_source=seg; use a number with cam+seg")
+        bias = sized()
+        log.info("background logit lowered by %.3f nats: the labels cover labels.foreground_share", bias)
+        return (bias,) + (0.0,) * (len(data.classes) - 1)
     try:
         tau = float(adjustment)
     except ValueError:
@@ -112,22 +115,6 @@ def logit_offsets(
     priors = class_priors(trained_on, data.names, data.labels)
     # A class its labels never gave a pixel is no prior to divide out: without a floor it would gain ~14 nats.
     return tuple(round(tau * math.log(max(prior, PRIOR_FLOOR)), 6) for prior in priors)
-
-
-def sized_bias(
-    cfg: DictConfig, checkpoint: Path, datamodule: WSSSDataModule, data: LabelledImages, trainer: pl.Trainer
-) -> float:
-    """``iterate.logit_adjustment=share``: the background bias at which the segmenter's labels, after the CRF,
-    cover labels.foreground_share of a sample of ``data``'s pixels (``isim.size_prior``); rank 0's for all."""
-    share = foreground_share(cfg)
-    if cfg.iterate.label_source != "seg":
-        raise IsimError("iterate.logit_adjustment=share sizes label_source=seg; use a number with cam+seg")
-    it = cfg.iterate
-    net = load_network(checkpoint, data.classes)
-    sample = score_sample(net, datamodule, data, "seg", it.scales, it.flip, trainer.strategy.root_device)
-    bias = background_bias_for_share(sample, settings_from_config(cfg.crf, it.threshold, None), share)
-    log.info("background logit lowered by %.3f nats: the labels cover labels.foreground_share=%.3f", bias, share)
-    return trainer.strategy.broadcast(bias)
 
 
 def previous_round(cfg: DictConfig, k: int) -> tuple[Path, str | Path | None]:
