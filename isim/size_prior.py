@@ -69,25 +69,33 @@ def score_sample(
     return sample
 
 
-def covered(sample: ScoredSample, settings: LabelSettings, background_scale: float = 1.0) -> float:
-    """The share of the sample's pixels its labels (``settings``, after the CRF) make foreground, its own
-    backgrounds multiplied by ``background_scale``."""
+def covered(
+    sample: ScoredSample, settings: LabelSettings, background_scale: float = 1.0, device: torch.device | None = None
+) -> float:
+    """The share of the sample's pixels its labels (``settings``, after the CRF: the torch one on ``device``)
+    make foreground, its own backgrounds multiplied by ``background_scale``."""
     backgrounds = [None if b is None else b * background_scale for b in sample.backgrounds]
-    labels = pseudo_labels(sample.images, sample.scores, sample.classes, settings, backgrounds=backgrounds)
+    labels = pseudo_labels(
+        sample.images, sample.scores, sample.classes, settings, device or "cpu", backgrounds=backgrounds
+    )
     return sum(int((label > 0).sum()) for label in labels) / sum(label.size for label in labels)
 
 
-def threshold_for_share(sample: ScoredSample, settings: LabelSettings, share: float) -> float:
+def threshold_for_share(
+    sample: ScoredSample, settings: LabelSettings, share: float, device: torch.device | None = None
+) -> float:
     """The CAM background threshold whose labels cover ``share`` of the sample's pixels."""
-    at = lambda threshold: covered(sample, dataclasses.replace(settings, threshold=threshold))  # noqa: E731
+    at = lambda threshold: covered(sample, dataclasses.replace(settings, threshold=threshold), 1.0, device)  # noqa: E731
     return round(_bisect(at, share, 0.0, 1.0, rising=False), 6)
 
 
-def background_bias_for_share(sample: ScoredSample, settings: LabelSettings, share: float) -> float:
+def background_bias_for_share(
+    sample: ScoredSample, settings: LabelSettings, share: float, device: torch.device | None = None
+) -> float:
     """How many nats to lower a segmenter's background logit by so that its labels cover ``share`` of the
     sample's pixels (lowering it by b scales its background probability by exp(-b) before the softmax's
     normalisation, which the CRF's unary repeats)."""
-    at = lambda bias: covered(sample, settings, math.exp(-bias))  # noqa: E731
+    at = lambda bias: covered(sample, settings, math.exp(-bias), device)  # noqa: E731
     return round(_bisect(at, share, -BIAS_RANGE, BIAS_RANGE, rising=True), 6)
 
 

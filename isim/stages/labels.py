@@ -103,8 +103,7 @@ def make_labels(
         store.open(_producer(job, data, datamodule), overwrite, job.checkpoint)
     trainer.strategy.barrier()
     on_cpu = isinstance(trainer.accelerator, CPUAccelerator)
-    # The torch CRF on an accelerator runs on the device right after the scores: no worker processes.
-    device = None if on_cpu or job.settings.backend != "torch" else trainer.strategy.root_device
+    device = crf_device(trainer, job.settings)
     share = max(1, default_workers() // trainer.num_devices)  # this process's cores: the node's over its ranks
     workers = 0 if device is not None else share if cfg.crf.workers is None else int(cfg.crf.workers)
     if on_cpu:
@@ -189,6 +188,13 @@ class Unlabelled(pl.LightningDataModule):
         return self.datamodule.eval_dataloader(self.data.subset(self.todo), tolerant=True)
 
 
+def crf_device(trainer: pl.Trainer, settings: LabelSettings) -> torch.device | None:
+    """Where the torch CRF runs on an accelerator: on the device, right after the scores (no worker processes);
+    None for the CPU's worker processes."""
+    on_cpu = isinstance(trainer.accelerator, CPUAccelerator)
+    return None if on_cpu or settings.backend != "torch" else trainer.strategy.root_device
+
+
 def _gather_skipped(skipped: dict[str, str]) -> dict[str, str]:
     """Every rank's skipped images (a collective: it is also the barrier after labelling)."""
     if not torch.distributed.is_available() or not torch.distributed.is_initialized():
@@ -251,7 +257,7 @@ def sized_to_prior(
     datamodule: WSSSDataModule,
     data: LabelledImages,
     trainer: pl.Trainer,
-    solve: Callable[[ScoredSample, LabelSettings, float], float],
+    solve: Callable[[ScoredSample, LabelSettings, float, torch.device | None], float],
     store: LabelStore,
     job: LabelJob,
 ) -> float:
@@ -274,7 +280,7 @@ def sized_to_prior(
     net = load_network(job.checkpoint, data.classes)
     device = trainer.strategy.root_device
     sample = score_sample(net, datamodule, data, job.source, job.scales, job.flip, device, job.offsets)
-    value = trainer.strategy.broadcast(solve(sample, job.settings, share))
+    value = trainer.strategy.broadcast(solve(sample, job.settings, share, crf_device(trainer, job.settings)))
     if trainer.is_global_zero:
         store.root.mkdir(parents=True, exist_ok=True)
         write_json(record, {"made_for": made_for, "value": value})
