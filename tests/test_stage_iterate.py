@@ -58,14 +58,18 @@ def test_a_round_with_the_torch_crf_relabels_as_pydensecrf_does(chain: tuple[Pat
     assert abs(ours["labels"]["miou"] - reference["labels"]["miou"]) <= 0.002
 
 
-def test_a_round_sized_to_the_prior_moves_the_background_alone(chain: tuple[Path, str]) -> None:
-    """``iterate.logit_adjustment=share``: one bias on the background's logit, at which round 1's labels cover
-    labels.foreground_share of the train pixels (all 24 images are the sample)."""
+def test_a_round_sized_to_the_prior_moves_the_balanced_background(chain: tuple[Path, str]) -> None:
+    """``iterate.logit_adjustment=share``: tau = 1's offsets for the classes, and the background's moved on by the
+    bias at which round 1's labels cover labels.foreground_share of the train pixels (all 24 images are the
+    sample)."""
     root, _ = chain
-    prior = ["iterate.logit_adjustment=share", "labels.foreground_share=0.3"]
-    run_train(root, *ROUNDS, "stage=round", "round=1", *prior, "hydra.run.dir=runs/tiny/round-1-share")
-    bias, *classes = read_summary(root / "runs/tiny/round-1-share")["logit_offsets"]
-    assert bias != 0 and classes == [0.0] * len(classes)
+    for adjustment, run in (("share", "round-1-share"), ("1.0", "round-1-tau1")):
+        prior = [f"iterate.logit_adjustment={adjustment}", "labels.foreground_share=0.3"]
+        run_train(root, *ROUNDS, "stage=round", "round=1", *prior, f"hydra.run.dir=runs/tiny/{run}")
+    sized, balanced = (
+        read_summary(root / f"runs/tiny/{run}")["logit_offsets"] for run in ("round-1-share", "round-1-tau1")
+    )
+    assert sized[1:] == balanced[1:] and abs(sized[0] - balanced[0]) > 0.01
     labels = store_arrays(root / "runs/tiny/round-1-share/store").values()
     share = sum(int((label > 0).sum()) for label in labels) / sum(label.size for label in labels)
     assert share == pytest.approx(0.3, abs=0.02)

@@ -12,8 +12,10 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf
 
+from isim.data.datamodule import WSSSDataModule
 from isim.data.dataset import LabelledImages
 from isim.errors import IsimError
 from isim.pseudo_labels import LabelStore, class_priors, settings_from_config
@@ -45,7 +47,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     data = datamodule.split(cfg.labels.split, check_images=cfg.labels.on_error == "raise")
     job = LabelJob(checkpoint, settings, it.label_source, tuple(it.scales), it.flip)
     store = LabelStore(output_dir / "store")
-    sized = partial(sized_to_prior, cfg, datamodule, data, trainer, background_bias_for_share, store, job)
+    sized = partial(sized_background, cfg, datamodule, data, trainer, store, job)
     with timed(timings, "offsets_s"):  # share: a sample's scores and ~12 CRF passes over it
         job = dataclasses.replace(job, offsets=logit_offsets(cfg, LabelStore(previous_store), data, sized))
     with timed(timings, "relabel_s"):
@@ -91,30 +93,50 @@ PRIOR_FLOOR = 0.01
 
 
 def logit_offsets(
-    cfg: DictConfig, trained_on: LabelStore, data: LabelledImages, sized: Callable[[], float]
+    cfg: DictConfig, trained_on: LabelStore, data: LabelledImages, sized: Callable[[tuple[float, ...]], float]
 ) -> tuple[float, ...] | None:
     """What relabelling subtracts from the segmenter's logits (``iterate.logit_adjustment``). tau: tau x log(prior)
     per class, the prior being the labels the segmenter trained on (``class_priors``), undoing the background's
-    majority (logit adjustment, Menon et al. 2021). ``share``: the background's alone, by the bias ``sized()``
-    at which the labels cover labels.foreground_share. None where the scores are CAMs alone or tau is 0."""
+    majority (logit adjustment, Menon et al. 2021). ``share``: tau = 1's offsets balance the classes, and the
+    background's moves on by the bias ``sized(offsets)`` at which the labels cover labels.foreground_share.
+    None where the scores are CAMs alone or tau is 0."""
     adjustment = cfg.iterate.logit_adjustment
     if cfg.iterate.label_source == "cam":
         return None
     if adjustment == "share":
         if cfg.iterate.label_source != "seg":
             raise IsimError("iterate.logit_adjustment=share sizes label_source=seg; use a number with cam+seg")
-        bias = sized()
-        log.info("background logit lowered by %.3f nats: the labels cover labels.foreground_share", bias)
-        return (bias,) + (0.0,) * (len(data.classes) - 1)
+        balanced = prior_offsets(trained_on, data, 1.0)
+        bias = sized(balanced)
+        log.info("background logit lowered by %.3f nats more: the labels cover labels.foreground_share", bias)
+        return (round(balanced[0] + bias, 6), *balanced[1:])
     try:
         tau = float(adjustment)
     except ValueError:
         raise IsimError(f"iterate.logit_adjustment={adjustment} must be a number (tau, e.g. 1.0) or `share`") from None
-    if tau == 0:
-        return None
+    return None if tau == 0 else prior_offsets(trained_on, data, tau)
+
+
+def prior_offsets(trained_on: LabelStore, data: LabelledImages, tau: float) -> tuple[float, ...]:
+    """tau x log(prior) per class (background first), the prior being the class's pixel share in the labels."""
     priors = class_priors(trained_on, data.names, data.labels)
     # A class its labels never gave a pixel is no prior to divide out: without a floor it would gain ~14 nats.
     return tuple(round(tau * math.log(max(prior, PRIOR_FLOOR)), 6) for prior in priors)
+
+
+def sized_background(
+    cfg: DictConfig,
+    datamodule: WSSSDataModule,
+    data: LabelledImages,
+    trainer: pl.Trainer,
+    store: LabelStore,
+    job: LabelJob,
+    offsets: tuple[float, ...],
+) -> float:
+    """``share``: the bias on the background's logit, beyond ``offsets``, at which ``job``'s labels cover
+    labels.foreground_share of the sample (``sized_to_prior``)."""
+    with_offsets = dataclasses.replace(job, offsets=offsets)
+    return sized_to_prior(cfg, datamodule, data, trainer, background_bias_for_share, store, with_offsets)
 
 
 def previous_round(cfg: DictConfig, k: int) -> tuple[Path, str | Path | None]:
