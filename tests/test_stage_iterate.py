@@ -75,6 +75,19 @@ def test_a_round_sized_to_the_prior_moves_the_balanced_background(chain: tuple[P
     assert share == pytest.approx(0.3, abs=0.02)
 
 
+def test_a_cam_round_sized_to_the_prior_finds_its_threshold(chain: tuple[Path, str]) -> None:
+    """``iterate.threshold=share`` with label_source=cam: the CAM threshold at which round 1's labels cover
+    labels.foreground_share, in place of the fixed one (0.2 here)."""
+    root, _ = chain
+    sized = ["iterate.label_source=cam", "iterate.threshold=share", "labels.foreground_share=0.3"]
+    run_train(root, *ROUNDS, "stage=round", "round=1", *sized, "hydra.run.dir=runs/tiny/round-1-cam-share")
+    summary = read_summary(root / "runs/tiny/round-1-cam-share")
+    assert 0 < summary["threshold"] < 1 and summary["threshold"] != 0.2 and summary["logit_offsets"] is None
+    labels = store_arrays(root / "runs/tiny/round-1-cam-share/store").values()
+    share = sum(int((label > 0).sum()) for label in labels) / sum(label.size for label in labels)
+    assert share == pytest.approx(0.3, abs=0.02)
+
+
 def test_each_round_is_a_hydra_job_with_its_own_dir(chain: tuple[Path, str]) -> None:
     root, stdout = chain
     runs = root / "runs/tiny"

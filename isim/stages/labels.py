@@ -292,7 +292,7 @@ def foreground_share(cfg: DictConfig) -> float:
     share = cfg.labels.get("foreground_share")
     if share is None or not 0 < float(share) < 1:
         raise IsimError(
-            f"labels.foreground_share={share} must be in (0, 1) for labels.threshold=share or "
+            f"labels.foreground_share={share} must be in (0, 1) for labels.threshold, iterate.threshold or "
             "iterate.logit_adjustment=share: the share of image pixels that objects cover, e.g. 0.25"
         )
     return float(share)

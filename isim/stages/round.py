@@ -19,7 +19,7 @@ from isim.data.datamodule import WSSSDataModule
 from isim.data.dataset import LabelledImages
 from isim.errors import IsimError
 from isim.pseudo_labels import LabelStore, class_priors, settings_from_config
-from isim.size_prior import background_bias_for_share
+from isim.size_prior import background_bias_for_share, threshold_for_share
 from isim.stages.common import build_datamodule, build_trainer, finish, timed, uses_gt
 from isim.stages.fingerprint import determining
 from isim.stages.labels import LabelJob, make_labels, sized_to_prior
@@ -43,12 +43,13 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     if not checkpoint.is_file():
         raise IsimError(f"round {k} relabels from {checkpoint}, which was not written; keep callbacks=default")
     it = cfg.iterate
-    settings = settings_from_config(cfg.crf, it.threshold, None)
     data = datamodule.split(cfg.labels.split, check_images=cfg.labels.on_error == "raise")
-    job = LabelJob(checkpoint, settings, it.label_source, tuple(it.scales), it.flip)
+    job = LabelJob(checkpoint, settings_from_config(cfg.crf, 0.5, None), it.label_source, tuple(it.scales), it.flip)
     store = LabelStore(output_dir / "store")
-    sized = partial(sized_background, cfg, datamodule, data, trainer, store, job)
     with timed(timings, "offsets_s"):  # share: a sample's scores and ~12 CRF passes over it
+        sized = partial(sized_to_prior, cfg, datamodule, data, trainer, threshold_for_share, store, job)
+        job = dataclasses.replace(job, settings=dataclasses.replace(job.settings, threshold=cam_threshold(cfg, sized)))
+        sized = partial(sized_background, cfg, datamodule, data, trainer, store, job)
         job = dataclasses.replace(job, offsets=logit_offsets(cfg, LabelStore(previous_store), data, sized))
     with timed(timings, "relabel_s"):
         result = make_labels(
@@ -74,6 +75,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         "warm_start": str(warm_start) if warm_start else None,
         "val": val,
         "trained_without": datamodule.skipped,  # images the previous labels skipped (labels.on_error=skip)
+        "threshold": job.settings.threshold if job.source == "cam" else None,  # seg, cam+seg: their own background
         "logit_offsets": list(job.offsets) if job.offsets else None,
         **result,
         "timings": {**result["timings"], **timings},
@@ -89,6 +91,21 @@ def round_number(cfg: DictConfig) -> int:
     return k
 
 
+def cam_threshold(cfg: DictConfig, sized: Callable[[], float]) -> float:
+    """``iterate.threshold``: label_source=cam's background threshold, a number or ``share``: the one at which the
+    round's labels cover labels.foreground_share (``sized()``, GT-free). Other sources keep their own background."""
+    threshold = cfg.iterate.threshold
+    if threshold != "share":
+        if not isinstance(threshold, (int, float)) or not 0 < threshold < 1:
+            raise IsimError(f"iterate.threshold={threshold} must be in (0, 1) or `share` (labels.foreground_share)")
+        return float(threshold)
+    if cfg.iterate.label_source != "cam":
+        raise IsimError("iterate.threshold=share sizes label_source=cam; seg sizes with iterate.logit_adjustment=share")
+    threshold = sized()
+    log.info("CAM threshold %.4f: the round's labels cover labels.foreground_share of the sample", threshold)
+    return threshold
+
+
 PRIOR_FLOOR = 0.01
 
 
@@ -101,11 +118,14 @@ def logit_offsets(
     background's moves on by the bias ``sized(offsets)`` at which the labels cover labels.foreground_share.
     None where the scores are CAMs alone or tau is 0."""
     adjustment = cfg.iterate.logit_adjustment
+    if adjustment == "share" and cfg.iterate.label_source != "seg":
+        raise IsimError(
+            "iterate.logit_adjustment=share sizes label_source=seg; use a number with cam+seg, "
+            "and iterate.threshold=share with cam"
+        )
     if cfg.iterate.label_source == "cam":
         return None
     if adjustment == "share":
-        if cfg.iterate.label_source != "seg":
-            raise IsimError("iterate.logit_adjustment=share sizes label_source=seg; use a number with cam+seg")
         balanced = prior_offsets(trained_on, data, 1.0)
         bias = sized(balanced)
         log.info("background logit lowered by %.3f nats more: the labels cover labels.foreground_share", bias)
