@@ -14,10 +14,10 @@ the held-out set: ~40 and ~15 min); keep one row at a time there (two Lite0 rows
 long as one after the other). ``--jobs N`` runs N rows at once (first the rows that make each set and init's
 CAM stage, then the others): for a GPU machine, with ``trainer=gpu crf.backend=torch`` as overrides, which
 every run gets. Prints a markdown table and, with ``--plots DIR``, writes ``DIR/rounds_<set>.png``: each row's
-label mIoU per round. ``--size-prior 0.15`` sizes round 0 and every round to that foreground share
-(``labels.threshold=share iterate.logit_adjustment=share``) in place of the thresholds and tau = 1 (seg rows only:
-cam+seg refuses it, cam ignores the bias). A workdir keeps every run (re-running continues where it stopped,
-and a re-run of finished rows only reprints and replots them).
+label mIoU per round. ``--size-prior 0.15`` sizes round 0 and every round to that foreground share in place of
+the thresholds and tau = 1 (``labels.threshold=share``; seg rounds ``iterate.logit_adjustment=share``, cam rounds
+``iterate.threshold=share``; cam+seg rounds keep tau = 1, having no share mode). A workdir keeps every run
+(re-running continues where it stopped, and a re-run of finished rows only reprints and replots them).
 """
 
 from __future__ import annotations
@@ -64,7 +64,7 @@ def run_row(workdir: Path, data: str, init: str, source: str, args: argparse.Nam
         "logger=csv",
         "trainer.enable_progress_bar=false",
         *INITS[init],
-        *sized(args.size_prior),
+        *sized(args.size_prior, source),
         *args.overrides,
     ]
     env = {**os.environ, "PYTHONWARNINGS": "ignore", "WANDB_SILENT": "true"}
@@ -80,11 +80,15 @@ def run_row(workdir: Path, data: str, init: str, source: str, args: argparse.Nam
     return experiment
 
 
-def sized(prior: float | None) -> list[str]:
-    """The overrides that size the labels to a foreground share (after INITS: they replace its threshold)."""
+ROUND_SIZING = {"seg": ["iterate.logit_adjustment=share"], "cam": ["iterate.threshold=share"], "cam+seg": []}
+
+
+def sized(prior: float | None, source: str) -> list[str]:
+    """The overrides that size the labels to a foreground share (after INITS: they replace its thresholds):
+    round 0, and each round where ``source`` has a share mode (cam+seg has none: its rounds keep tau = 1)."""
     if prior is None:
         return []
-    return ["labels.threshold=share", "iterate.logit_adjustment=share", f"labels.foreground_share={prior}"]
+    return ["labels.threshold=share", f"labels.foreground_share={prior}", *ROUND_SIZING[source]]
 
 
 def row_name(data: str, init: str, source: str) -> str:
