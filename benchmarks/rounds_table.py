@@ -15,9 +15,9 @@ long as one after the other). ``--jobs N`` runs N rows at once (first the rows t
 CAM stage, then the others): for a GPU machine, with ``trainer=gpu crf.backend=torch`` as overrides, which
 every run gets. Prints a markdown table and, with ``--plots DIR``, writes ``DIR/rounds_<set>.png``: each row's
 label mIoU per round. ``--size-prior 0.15`` sizes round 0 and every round to that foreground share in place of
-the thresholds and tau = 1 (``labels.threshold=share``; seg rounds ``iterate.logit_adjustment=share``, cam rounds
-``iterate.threshold=share``; cam+seg rounds keep tau = 1, having no share mode). A workdir keeps every run
-(re-running continues where it stopped, and a re-run of finished rows only reprints and replots them).
+the thresholds and tau = 1 (``labels.threshold``, ``iterate.threshold`` and ``iterate.logit_adjustment=share``).
+A workdir keeps every run (re-running continues where it stopped, and a re-run of finished rows only reprints
+and replots them).
 """
 
 from __future__ import annotations
@@ -64,7 +64,7 @@ def run_row(workdir: Path, data: str, init: str, source: str, args: argparse.Nam
         "logger=csv",
         "trainer.enable_progress_bar=false",
         *INITS[init],
-        *sized(args.size_prior, source),
+        *sized(args.size_prior),
         *args.overrides,
     ]
     env = {**os.environ, "PYTHONWARNINGS": "ignore", "WANDB_SILENT": "true"}
@@ -80,15 +80,13 @@ def run_row(workdir: Path, data: str, init: str, source: str, args: argparse.Nam
     return experiment
 
 
-ROUND_SIZING = {"seg": ["iterate.logit_adjustment=share"], "cam": ["iterate.threshold=share"], "cam+seg": []}
-
-
-def sized(prior: float | None, source: str) -> list[str]:
-    """The overrides that size the labels to a foreground share (after INITS: they replace its thresholds):
-    round 0, and each round where ``source`` has a share mode (cam+seg has none: its rounds keep tau = 1)."""
+def sized(prior: float | None) -> list[str]:
+    """The overrides that size round 0 and every round to a foreground share (after INITS: they replace its
+    thresholds); each round's source reads the key it has (cam: the threshold, seg and cam+seg: the bias)."""
     if prior is None:
         return []
-    return ["labels.threshold=share", f"labels.foreground_share={prior}", *ROUND_SIZING[source]]
+    share = ["labels.threshold=share", "iterate.threshold=share", "iterate.logit_adjustment=share"]
+    return [*share, f"labels.foreground_share={prior}"]
 
 
 def row_name(data: str, init: str, source: str) -> str:

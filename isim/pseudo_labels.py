@@ -14,6 +14,7 @@ of images on the device, right after their CAMs.
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
@@ -45,6 +46,9 @@ class LabelSettings:
     bilateral: Mapping[str, float] = field(default_factory=dict)
     iterations: int = 10
     backend: str = "pydensecrf"  # the CRF's implementation (isim.crf.BACKENDS)
+    # Nats by which a source's own background score is lowered (x exp(-bias)); a segmenter's softmax then labels
+    # as if its background logit were lower. Sized to labels.foreground_share by iterate.logit_adjustment=share.
+    background_bias: float = 0.0
 
 
 def pseudo_labels(
@@ -82,7 +86,9 @@ def _crf_at(
     device: str | torch.device,
 ) -> list[np.ndarray]:
     keys = [np.concatenate([[0], c]).astype(np.uint8) for c in classes]
-    scores = [_background_first(c, b, threshold) for c, b in zip(cams, backgrounds, strict=True)]
+    scale = math.exp(-s.background_bias)
+    biased = [None if b is None else b.astype(np.float32) * scale for b in backgrounds]
+    scores = [_background_first(c, b, threshold) for c, b in zip(cams, biased, strict=True)]
     crf = {
         "gaussian": s.gaussian,
         "bilateral": s.bilateral,

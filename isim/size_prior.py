@@ -12,7 +12,6 @@ round's background bias (``iterate.logit_adjustment=share``, label_source=seg).
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -40,6 +39,10 @@ class ScoredSample:
     scores: list[np.ndarray] = dataclasses.field(default_factory=list)
     classes: list[np.ndarray] = dataclasses.field(default_factory=list)
     backgrounds: list[np.ndarray | None] = dataclasses.field(default_factory=list)
+
+
+# What a share mode solves on a sample for a share: a CAM threshold or a background bias.
+Solver = Callable[[ScoredSample, LabelSettings, float, torch.device | None], float]
 
 
 def score_sample(
@@ -70,14 +73,11 @@ def score_sample(
     return sample
 
 
-def covered(
-    sample: ScoredSample, settings: LabelSettings, background_scale: float = 1.0, device: torch.device | None = None
-) -> float:
+def covered(sample: ScoredSample, settings: LabelSettings, device: torch.device | None = None) -> float:
     """The share of the sample's pixels its labels (``settings``, after the CRF: the torch one on ``device``)
-    make foreground, its own backgrounds multiplied by ``background_scale``."""
-    backgrounds = [None if b is None else b * background_scale for b in sample.backgrounds]
+    make foreground."""
     labels = pseudo_labels(
-        sample.images, sample.scores, sample.classes, settings, device or "cpu", backgrounds=backgrounds
+        sample.images, sample.scores, sample.classes, settings, device or "cpu", backgrounds=sample.backgrounds
     )
     return sum(int((label > 0).sum()) for label in labels) / sum(label.size for label in labels)
 
@@ -86,17 +86,16 @@ def threshold_for_share(
     sample: ScoredSample, settings: LabelSettings, share: float, device: torch.device | None = None
 ) -> float:
     """The CAM background threshold whose labels cover ``share`` of the sample's pixels."""
-    at = lambda threshold: covered(sample, dataclasses.replace(settings, threshold=threshold), 1.0, device)  # noqa: E731
+    at = lambda threshold: covered(sample, dataclasses.replace(settings, threshold=threshold), device)  # noqa: E731
     return round(_bisect(at, share, 0.0, 1.0, rising=False), 6)
 
 
 def background_bias_for_share(
     sample: ScoredSample, settings: LabelSettings, share: float, device: torch.device | None = None
 ) -> float:
-    """How many nats to lower a segmenter's background logit by so that its labels cover ``share`` of the
-    sample's pixels (lowering it by b scales its background probability by exp(-b) before the softmax's
-    normalisation, which the CRF's unary repeats)."""
-    at = lambda bias: covered(sample, settings, math.exp(-bias), device)  # noqa: E731
+    """How many nats to lower the sample's own background scores by (``LabelSettings.background_bias``) so that
+    its labels cover ``share`` of the sample's pixels."""
+    at = lambda bias: covered(sample, dataclasses.replace(settings, background_bias=bias), device)  # noqa: E731
     return round(_bisect(at, share, -BIAS_RANGE, BIAS_RANGE, rising=True), 6)
 
 

@@ -16,7 +16,7 @@ from isim.data import VOCDataset
 from isim.errors import IsimError, exit_on_user_error
 from isim.pseudo_labels import LabelStore
 from isim.stages.common import build_trainer
-from isim.stages.round import cam_threshold, logit_offsets
+from isim.stages.round import logit_offsets, round_settings
 from isim.sweep import objective
 from tests.conftest import TINY, TINY_RUN, compose_config, run_train
 
@@ -156,20 +156,10 @@ def test_a_bug_while_handling_a_user_error_keeps_its_traceback() -> None:
 def test_a_logit_adjustment_that_is_neither_a_number_nor_share_names_the_key() -> None:
     cfg = OmegaConf.create({"iterate": {"logit_adjustment": "balanced", "label_source": "seg"}})
     with pytest.raises(IsimError, match=r"iterate.logit_adjustment=balanced must be a number \(tau, e.g. 1.0\) or"):
-        logit_offsets(cfg, LabelStore("unused"), None, lambda offsets: 0.0)
+        logit_offsets(cfg, LabelStore("unused"), None)
 
 
-@pytest.mark.parametrize(
-    ("source", "key", "refusal"),
-    [
-        ("cam", "logit_adjustment", "iterate.logit_adjustment=share sizes label_source=seg"),
-        ("cam+seg", "logit_adjustment", "iterate.logit_adjustment=share sizes label_source=seg"),
-        ("seg", "threshold", "iterate.threshold=share sizes label_source=cam"),
-    ],
-)
-def test_a_share_mode_for_another_label_source_is_refused(source: str, key: str, refusal: str) -> None:
-    iterate = {"logit_adjustment": 1.0, "threshold": 0.3, "label_source": source} | {key: "share"}
-    cfg = OmegaConf.create({"iterate": iterate})
-    with pytest.raises(IsimError, match=refusal):
-        cam_threshold(cfg, lambda: 0.5)
-        logit_offsets(cfg, LabelStore("unused"), None, lambda offsets: 0.0)
+def test_a_cam_rounds_threshold_that_is_neither_a_fraction_nor_share_names_the_key() -> None:
+    cfg = OmegaConf.create({"iterate": {"threshold": 1.5, "label_source": "cam", "logit_adjustment": 1.0}})
+    with pytest.raises(IsimError, match=r"iterate.threshold=1.5 must be in \(0, 1\) or `share`"):
+        round_settings(cfg, None, lambda solve: 0.0)

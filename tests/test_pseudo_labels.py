@@ -60,6 +60,22 @@ def test_a_segmenters_own_background_decides_where_classes_are_weak() -> None:
     assert (constant == 8).all()
 
 
+@pytest.mark.parametrize("unary", ["label", "softmax"])
+def test_a_background_bias_labels_as_a_lower_background_logit_does(unary: str) -> None:
+    """``background_bias`` b on a softmax's own background gives the labels of the softmax whose background logit
+    is b lower: here the disc's class turns the ring around it over (the logits ramp with the disc's CAM)."""
+    image, _ = two_region_image()
+    logits = torch.from_numpy(np.concatenate([np.full_like(disc_cam(), 0.6), disc_cam()]))
+
+    def label_of(background_offset: float, bias: float) -> np.ndarray:
+        probs = (logits - torch.tensor([background_offset, 0.0])[:, None, None]).softmax(0).numpy()
+        biased = settings(unary=unary, background_bias=bias)
+        return pseudo_labels([image], [probs[1:]], [np.array([8])], biased, backgrounds=[probs[0]])[0]
+
+    plain, biased, lowered = label_of(0.0, 0.0), label_of(0.0, 0.5), label_of(0.5, 0.0)
+    assert (biased == lowered).all() and (biased == 8).sum() > (plain == 8).sum()
+
+
 def test_two_threshold_mode_ignores_the_uncertain_band() -> None:
     image, _ = two_region_image()
     (label,) = pseudo_labels([image], [disc_cam() * 0.5], [np.array([3])], settings(confident=(0.45, 0.05)))

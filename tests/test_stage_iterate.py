@@ -59,20 +59,29 @@ def test_a_round_with_the_torch_crf_relabels_as_pydensecrf_does(chain: tuple[Pat
 
 
 def test_a_round_sized_to_the_prior_moves_the_balanced_background(chain: tuple[Path, str]) -> None:
-    """``iterate.logit_adjustment=share``: tau = 1's offsets for the classes, and the background's moved on by the
-    bias at which round 1's labels cover labels.foreground_share of the train pixels (all 24 images are the
-    sample)."""
+    """``iterate.logit_adjustment=share``: tau = 1's offsets, and the background lowered (or raised) by the bias at
+    which round 1's labels cover labels.foreground_share of the train pixels (all 24 images are the sample), from
+    the segmenter's softmax and from cam+seg's mean scores alike."""
     root, _ = chain
-    for adjustment, run in (("share", "round-1-share"), ("1.0", "round-1-tau1")):
-        prior = [f"iterate.logit_adjustment={adjustment}", "labels.foreground_share=0.3"]
-        run_train(root, *ROUNDS, "stage=round", "round=1", *prior, f"hydra.run.dir=runs/tiny/{run}")
-    sized, balanced = (
-        read_summary(root / f"runs/tiny/{run}")["logit_offsets"] for run in ("round-1-share", "round-1-tau1")
-    )
-    assert sized[1:] == balanced[1:] and abs(sized[0] - balanced[0]) > 0.01
-    labels = store_arrays(root / "runs/tiny/round-1-share/store").values()
-    share = sum(int((label > 0).sum()) for label in labels) / sum(label.size for label in labels)
-    assert share == pytest.approx(0.3, abs=0.02)
+    runs = {"share": ("seg", "share"), "tau1": ("seg", "1.0"), "mean-share": ("cam+seg", "share")}
+    for run, (source, adjustment) in runs.items():
+        prior = [f"iterate.label_source={source}", f"iterate.logit_adjustment={adjustment}"]
+        run_train(
+            root,
+            *ROUNDS,
+            "stage=round",
+            "round=1",
+            *prior,
+            "labels.foreground_share=0.3",
+            f"hydra.run.dir=runs/tiny/round-1-{run}",
+        )
+    sized, balanced, mean = (read_summary(root / f"runs/tiny/round-1-{run}") for run in runs)
+    assert sized["logit_offsets"] == balanced["logit_offsets"] == mean["logit_offsets"]
+    assert balanced["background_bias"] == 0 and abs(sized["background_bias"]) > 0.01
+    for run in ("share", "mean-share"):
+        labels = store_arrays(root / f"runs/tiny/round-1-{run}/store").values()
+        share = sum(int((label > 0).sum()) for label in labels) / sum(label.size for label in labels)
+        assert share == pytest.approx(0.3, abs=0.02)
 
 
 def test_a_cam_round_sized_to_the_prior_finds_its_threshold(chain: tuple[Path, str]) -> None:

@@ -27,7 +27,7 @@ from isim.metrics import confusion_matrix, mean_iou, segmentation_report
 from isim.modules import CAMInference
 from isim.modules.checkpoint import load_network
 from isim.pseudo_labels import LabelSettings, LabelStore, LabelWriter, default_workers, settings_from_config
-from isim.size_prior import ScoredSample, score_sample, threshold_for_share
+from isim.size_prior import Solver, score_sample, threshold_for_share
 from isim.stages.common import build_datamodule, build_trainer, finish, log_results, timed, uses_gt
 from isim.stages.fingerprint import determining
 from isim.visualize import overlay_strip
@@ -257,7 +257,7 @@ def sized_to_prior(
     datamodule: WSSSDataModule,
     data: LabelledImages,
     trainer: pl.Trainer,
-    solve: Callable[[ScoredSample, LabelSettings, float, torch.device | None], float],
+    solve: Solver,
     store: LabelStore,
     job: LabelJob,
 ) -> float:
@@ -344,7 +344,9 @@ def _producer(job: LabelJob, data: LabelledImages, datamodule: WSSSDataModule) -
         "classes": list(data.classes),
         "scores": {"source": job.source, "scales": list(job.scales), "flip": job.flip}
         | ({"offsets": list(job.offsets)} if job.offsets else {}),  # absent when off: older stores stay valid
-        "settings": dataclasses.asdict(job.settings),
+        "settings": {  # background_bias absent when 0, as offsets when off: older stores stay valid
+            key: value for key, value in dataclasses.asdict(job.settings).items() if value or key != "background_bias"
+        },
     }
 
 

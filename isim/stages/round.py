@@ -12,14 +12,12 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf
 
-from isim.data.datamodule import WSSSDataModule
 from isim.data.dataset import LabelledImages
 from isim.errors import IsimError
-from isim.pseudo_labels import LabelStore, class_priors, settings_from_config
-from isim.size_prior import background_bias_for_share, threshold_for_share
+from isim.pseudo_labels import LabelSettings, LabelStore, class_priors, settings_from_config
+from isim.size_prior import Solver, background_bias_for_share, threshold_for_share
 from isim.stages.common import build_datamodule, build_trainer, finish, timed, uses_gt
 from isim.stages.fingerprint import determining
 from isim.stages.labels import LabelJob, make_labels, sized_to_prior
@@ -45,12 +43,11 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     it = cfg.iterate
     data = datamodule.split(cfg.labels.split, check_images=cfg.labels.on_error == "raise")
     job = LabelJob(checkpoint, settings_from_config(cfg.crf, 0.5, None), it.label_source, tuple(it.scales), it.flip)
+    job = dataclasses.replace(job, offsets=logit_offsets(cfg, LabelStore(previous_store), data))
     store = LabelStore(output_dir / "store")
-    with timed(timings, "offsets_s"):  # share: a sample's scores and ~12 CRF passes over it
-        sized = partial(sized_to_prior, cfg, datamodule, data, trainer, threshold_for_share, store, job)
-        job = dataclasses.replace(job, settings=dataclasses.replace(job.settings, threshold=cam_threshold(cfg, sized)))
-        sized = partial(sized_background, cfg, datamodule, data, trainer, store, job)
-        job = dataclasses.replace(job, offsets=logit_offsets(cfg, LabelStore(previous_store), data, sized))
+    with timed(timings, "sizing_s"):  # share: a sample's scores and ~12 CRF passes over it
+        size = partial(sized_to_prior, cfg, datamodule, data, trainer, store=store, job=job)
+        job = dataclasses.replace(job, settings=round_settings(cfg, job.settings, size))
     with timed(timings, "relabel_s"):
         result = make_labels(
             cfg,
@@ -76,6 +73,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         "val": val,
         "trained_without": datamodule.skipped,  # images the previous labels skipped (labels.on_error=skip)
         "threshold": job.settings.threshold if job.source == "cam" else None,  # seg, cam+seg: their own background
+        "background_bias": None if job.source == "cam" else job.settings.background_bias,
         "logit_offsets": list(job.offsets) if job.offsets else None,
         **result,
         "timings": {**result["timings"], **timings},
@@ -91,47 +89,39 @@ def round_number(cfg: DictConfig) -> int:
     return k
 
 
-def cam_threshold(cfg: DictConfig, sized: Callable[[], float]) -> float:
-    """``iterate.threshold``: label_source=cam's background threshold, a number or ``share``: the one at which the
-    round's labels cover labels.foreground_share (``sized()``, GT-free). Other sources keep their own background."""
-    threshold = cfg.iterate.threshold
-    if threshold != "share":
-        if not isinstance(threshold, (int, float)) or not 0 < threshold < 1:
-            raise IsimError(f"iterate.threshold={threshold} must be in (0, 1) or `share` (labels.foreground_share)")
-        return float(threshold)
-    if cfg.iterate.label_source != "cam":
-        raise IsimError("iterate.threshold=share sizes label_source=cam; seg sizes with iterate.logit_adjustment=share")
-    threshold = sized()
-    log.info("CAM threshold %.4f: the round's labels cover labels.foreground_share of the sample", threshold)
-    return threshold
+def round_settings(cfg: DictConfig, settings: LabelSettings, size: Callable[[Solver], float]) -> LabelSettings:
+    """How the round's scores become labels. label_source=cam: against ``iterate.threshold``, a number or ``share``
+    (the CAM threshold at which the labels cover labels.foreground_share: ``size``, GT-free). seg, cam+seg: against
+    their own background, under ``iterate.logit_adjustment=share`` lowered by the bias at which they cover it."""
+    it = cfg.iterate
+    if it.label_source == "cam":
+        if it.threshold == "share":
+            threshold = size(threshold_for_share)
+            log.info("CAM threshold %.4f: the round's labels cover labels.foreground_share of the sample", threshold)
+            return dataclasses.replace(settings, threshold=threshold)
+        if not isinstance(it.threshold, (int, float)) or not 0 < it.threshold < 1:
+            raise IsimError(f"iterate.threshold={it.threshold} must be in (0, 1) or `share` (labels.foreground_share)")
+        return dataclasses.replace(settings, threshold=float(it.threshold))
+    if it.logit_adjustment == "share":
+        bias = size(background_bias_for_share)
+        log.info("background lowered by %.3f nats: the round's labels cover labels.foreground_share", bias)
+        return dataclasses.replace(settings, background_bias=bias)
+    return settings
 
 
 PRIOR_FLOOR = 0.01
 
 
-def logit_offsets(
-    cfg: DictConfig, trained_on: LabelStore, data: LabelledImages, sized: Callable[[tuple[float, ...]], float]
-) -> tuple[float, ...] | None:
-    """What relabelling subtracts from the segmenter's logits (``iterate.logit_adjustment``). tau: tau x log(prior)
-    per class, the prior being the labels the segmenter trained on (``class_priors``), undoing the background's
-    majority (logit adjustment, Menon et al. 2021). ``share``: tau = 1's offsets balance the classes, and the
-    background's moves on by the bias ``sized(offsets)`` at which the labels cover labels.foreground_share.
-    None where the scores are CAMs alone or tau is 0."""
+def logit_offsets(cfg: DictConfig, trained_on: LabelStore, data: LabelledImages) -> tuple[float, ...] | None:
+    """What relabelling subtracts from the segmenter's logits (``iterate.logit_adjustment``): tau x log(prior) per
+    class, the prior being the labels the segmenter trained on (``class_priors``), undoing the background's
+    majority (logit adjustment, Menon et al. 2021). ``share`` is tau = 1 (it balances the classes; the background
+    is then sized by ``round_settings``). None where the scores are CAMs alone or tau is 0."""
     adjustment = cfg.iterate.logit_adjustment
-    if adjustment == "share" and cfg.iterate.label_source != "seg":
-        raise IsimError(
-            "iterate.logit_adjustment=share sizes label_source=seg; use a number with cam+seg, "
-            "and iterate.threshold=share with cam"
-        )
     if cfg.iterate.label_source == "cam":
         return None
-    if adjustment == "share":
-        balanced = prior_offsets(trained_on, data, 1.0)
-        bias = sized(balanced)
-        log.info("background logit lowered by %.3f nats more: the labels cover labels.foreground_share", bias)
-        return (round(balanced[0] + bias, 6), *balanced[1:])
     try:
-        tau = float(adjustment)
+        tau = 1.0 if adjustment == "share" else float(adjustment)
     except ValueError:
         raise IsimError(f"iterate.logit_adjustment={adjustment} must be a number (tau, e.g. 1.0) or `share`") from None
     return None if tau == 0 else prior_offsets(trained_on, data, tau)
@@ -142,21 +132,6 @@ def prior_offsets(trained_on: LabelStore, data: LabelledImages, tau: float) -> t
     priors = class_priors(trained_on, data.names, data.labels)
     # A class its labels never gave a pixel is no prior to divide out: without a floor it would gain ~14 nats.
     return tuple(round(tau * math.log(max(prior, PRIOR_FLOOR)), 6) for prior in priors)
-
-
-def sized_background(
-    cfg: DictConfig,
-    datamodule: WSSSDataModule,
-    data: LabelledImages,
-    trainer: pl.Trainer,
-    store: LabelStore,
-    job: LabelJob,
-    offsets: tuple[float, ...],
-) -> float:
-    """``share``: the bias on the background's logit, beyond ``offsets``, at which ``job``'s labels cover
-    labels.foreground_share of the sample (``sized_to_prior``)."""
-    with_offsets = dataclasses.replace(job, offsets=offsets)
-    return sized_to_prior(cfg, datamodule, data, trainer, background_bias_for_share, store, with_offsets)
 
 
 def previous_round(cfg: DictConfig, k: int) -> tuple[Path, str | Path | None]:
