@@ -33,6 +33,8 @@ def test_default_is_the_synthetic_cpu_experiment(tmp_path: Path) -> None:
     assert cfg.trainer.accelerator == "cpu" and cfg.logger.offline is True
     assert cfg.stage.name == "iterate" and cfg.hydra.run.dir.endswith("runs/synthetic/iterate")
     assert compose_config("stage=round", "round=3").hydra.run.dir.endswith("runs/synthetic/round-3")
+    sized = (cfg.labels.threshold, cfg.iterate.threshold, cfg.iterate.logit_adjustment)
+    assert sized == ("share", "share", "share") and cfg.labels.foreground_share == 0.19
 
 
 SEED_RUNS = {  # scripts/experiments.sh of cenkbircanoglu/isim: backbone, batch, frozen BatchNorm

@@ -18,7 +18,7 @@ from isim.errors import IsimError
 from isim.modules import SegmenterModule
 from isim.pseudo_labels import LabelStore
 from isim.stages.seg import load_weights
-from tests.conftest import ROUNDS, kill_when, read_summary, run_train
+from tests.conftest import ROUNDS, TINY, kill_when, read_summary, run_train
 from tests.test_stage_labels import pixel_agreement, store_arrays
 from tests.wandb_offline import offline_runs
 
@@ -95,6 +95,13 @@ def test_a_cam_round_sized_to_the_prior_finds_its_threshold(chain: tuple[Path, s
     labels = store_arrays(root / "runs/tiny/round-1-cam-share/store").values()
     share = sum(int((label > 0).sum()) for label in labels) / sum(label.size for label in labels)
     assert share == pytest.approx(0.3, abs=0.02)
+
+
+def test_a_sized_run_without_a_prior_is_refused_before_training(tmp_path: Path) -> None:
+    no_prior = ["stage=iterate", "labels.threshold=share", "labels.foreground_share=null"]
+    refused = run_train(tmp_path, *TINY, "name=tiny", *no_prior, check=False)
+    assert refused.returncode == 2 and "labels.foreground_share=None must be in (0, 1)" in refused.stderr
+    assert not (tmp_path / "runs/tiny/cam").exists()
 
 
 def test_each_round_is_a_hydra_job_with_its_own_dir(chain: tuple[Path, str]) -> None:

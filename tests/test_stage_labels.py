@@ -85,7 +85,7 @@ def test_share_threshold_sizes_the_labels_to_the_prior(project: Path, tmp_path: 
     the (first 100, here all 24) train images' pixels; a larger prior, a lower threshold and larger labels. A
     resumed store takes the threshold recorded when it started."""
     copy_cam_stage(project, tmp_path)
-    missing = run_train(tmp_path, *LABELS, "labels.threshold=share", check=False)
+    missing = run_train(tmp_path, *LABELS, "labels.threshold=share", "labels.foreground_share=null", check=False)
     assert missing.returncode == 2 and "labels.foreground_share=None must be in (0, 1)" in missing.stderr
     thresholds = []
     for prior in (0.1, 0.3):

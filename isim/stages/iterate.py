@@ -18,6 +18,7 @@ from isim.io import write_csv, write_json
 from isim.stages.common import build_logger, uses_gt
 from isim.stages.fingerprint import changed_keys, determining
 from isim.stages.jobs import in_multirun, launch_job
+from isim.stages.labels import foreground_share
 from isim.visualize import rounds_plot
 
 log = logging.getLogger(__name__)
@@ -31,6 +32,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     start = time.perf_counter()
     output_dir = Path(cfg.paths.output_dir)
     experiment_dir = _experiment_dir(cfg)
+    if "share" in (cfg.labels.threshold, cfg.iterate.threshold, cfg.iterate.logit_adjustment):
+        foreground_share(cfg)  # checked before the CAM stage trains, not after it
     _ensure_done(cfg, experiment_dir, "cam", "stage=cam")
     rows = [_row(0, _ensure_done(cfg, experiment_dir, "labels", "stage=labels"))]
     for k in range(1, cfg.iterate.rounds + 1):
