@@ -6,7 +6,7 @@ ImageNet CAMs at ISIM's 0.3 label about twice the objects, a segmenter trained o
 trained on labels that miss parts keeps missing them. Sizing instead picks the background score at which the
 labels, after the CRF, cover the prior's share of a sample of train images: round 0's CAM threshold
 (``labels.threshold=share``), a round's CAM threshold (``iterate.threshold=share``, label_source=cam) and a
-round's background bias (``iterate.logit_adjustment=share``, label_source=seg).
+round's background bias (``iterate.logit_adjustment=share``, label_source=seg or cam+seg).
 """
 
 from __future__ import annotations
