@@ -42,6 +42,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         raise IsimError(f"round {k} relabels from {checkpoint}, which was not written; keep callbacks=default")
     it = cfg.iterate
     data = datamodule.split(cfg.labels.split, check_images=cfg.labels.on_error == "raise")
+    # Threshold 0.5 until round_settings: cam's is set there, seg and cam+seg label against their own background.
     job = LabelJob(checkpoint, settings_from_config(cfg.crf, 0.5, None), it.label_source, tuple(it.scales), it.flip)
     job = dataclasses.replace(job, offsets=logit_offsets(cfg, LabelStore(previous_store), data))
     store = LabelStore(output_dir / "store")
