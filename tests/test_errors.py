@@ -94,6 +94,13 @@ def test_missing_dataset_directory_says_how_to_get_data(tmp_path: Path) -> None:
     assert_one_line_error(result, f"data.root={tmp_path}/VOC2012 does not exist", "data=synthetic")
 
 
+def test_missing_train_aug_list_says_where_sbd_lists_are(tiny_voc: Path, tmp_path: Path) -> None:
+    result = run_train(
+        tmp_path, *TINY_RUN, "data=voc12", f"data.root={tiny_voc}", "data.train_split=train_aug", check=False
+    )
+    assert_one_line_error(result, "train_aug.txt not found", "jiwoon-ahn/irn voc12/train_aug.txt")
+
+
 @pytest.mark.parametrize("case", ["corrupt image", "unknown class"])
 def test_cli_reports_dataset_errors_in_one_line(case: str, tiny_voc_copy: Path, tmp_path: Path) -> None:
     DAMAGE[case][0](tiny_voc_copy)
