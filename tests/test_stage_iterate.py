@@ -17,8 +17,9 @@ from isim.data import VOC_CLASSES
 from isim.errors import IsimError
 from isim.modules import SegmenterModule
 from isim.pseudo_labels import LabelStore
+from isim.stages.iterate import sized
 from isim.stages.seg import load_weights
-from tests.conftest import ROUNDS, TINY, kill_when, read_summary, run_train
+from tests.conftest import ROUNDS, TINY, compose_config, kill_when, read_summary, run_train
 from tests.test_stage_labels import pixel_agreement, store_arrays
 from tests.wandb_offline import offline_runs
 
@@ -102,6 +103,27 @@ def test_a_sized_run_without_a_prior_is_refused_before_training(tmp_path: Path) 
     refused = run_train(tmp_path, *TINY, "name=tiny", *no_prior, check=False)
     assert refused.returncode == 2 and "labels.foreground_share=None must be in (0, 1)" in refused.stderr
     assert not (tmp_path / "runs/tiny/cam").exists()
+
+
+@pytest.mark.parametrize(
+    ("source", "threshold", "adjustment", "needs_prior"),
+    [
+        ("seg", "share", 1.0, False),
+        ("seg", 0.3, "share", True),
+        ("cam", "share", 1.0, True),
+        ("cam", 0.3, "share", False),
+    ],
+)
+def test_a_prior_is_needed_only_where_the_source_reads_a_share_mode(
+    source: str, threshold: object, adjustment: object, needs_prior: bool
+) -> None:
+    modes = [
+        f"iterate.label_source={source}",
+        f"iterate.threshold={threshold}",
+        f"iterate.logit_adjustment={adjustment}",
+    ]
+    assert sized(compose_config("labels.threshold=0.15", *modes)) == needs_prior
+    assert sized(compose_config("labels.threshold=share", *modes))
 
 
 def test_each_round_is_a_hydra_job_with_its_own_dir(chain: tuple[Path, str]) -> None:

@@ -32,7 +32,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     start = time.perf_counter()
     output_dir = Path(cfg.paths.output_dir)
     experiment_dir = _experiment_dir(cfg)
-    if "share" in (cfg.labels.threshold, cfg.iterate.threshold, cfg.iterate.logit_adjustment):
+    if sized(cfg):
         foreground_share(cfg)  # checked before the CAM stage trains, not after it
     _ensure_done(cfg, experiment_dir, "cam", "stage=cam")
     rows = [_row(0, _ensure_done(cfg, experiment_dir, "labels", "stage=labels"))]
@@ -63,6 +63,13 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     _log_rounds(cfg, rows, output_dir / "rounds.png")
     print(f"\nISIM rounds of {cfg.name} ({experiment_dir}):\n{round_table(rows)}", flush=True)
     return summary
+
+
+def sized(cfg: DictConfig) -> bool:
+    """Whether a step sizes its labels to labels.foreground_share: round 0, or the rounds through the mode their
+    label source reads (cam: iterate.threshold; seg, cam+seg: iterate.logit_adjustment)."""
+    it = cfg.iterate
+    return "share" in (cfg.labels.threshold, it.threshold if it.label_source == "cam" else it.logit_adjustment)
 
 
 def round_table(rows: list[list]) -> str:
