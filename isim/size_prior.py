@@ -94,9 +94,14 @@ def background_bias_for_share(
     sample: ScoredSample, settings: LabelSettings, share: float, device: torch.device | None = None
 ) -> float:
     """How many nats to lower the sample's own background scores by (``LabelSettings.background_bias``) so that
-    its labels cover ``share`` of the sample's pixels."""
+    its labels cover ``share`` of the sample's pixels, at most 0: sizing shrinks the labels of the scores as they
+    are (a segmenter's at tau = 1, which already hands its unsure pixels to the classes) but never grows them.
+    Grown past them by a prior that was too high, whole images whose background the segmenter is unsure of flood
+    with a class, more each round (held-out set, prior 23% high: round 2's labels 69.6 sized, 73.5 at tau = 1)."""
     at = lambda bias: covered(sample, dataclasses.replace(settings, background_bias=bias), device)  # noqa: E731
-    return round(_bisect(at, share, -BIAS_RANGE, BIAS_RANGE, rising=True), 6)
+    if at(0.0) <= share:
+        return 0.0
+    return round(_bisect(at, share, -BIAS_RANGE, 0.0, rising=True), 6)
 
 
 def _bisect(share_at: Callable[[float], float], share: float, low: float, high: float, rising: bool) -> float:

@@ -59,30 +59,37 @@ def test_a_round_with_the_torch_crf_relabels_as_pydensecrf_does(chain: tuple[Pat
     assert abs(ours["labels"]["miou"] - reference["labels"]["miou"]) <= 0.002
 
 
-def test_a_round_sized_to_the_prior_moves_the_balanced_background(chain: tuple[Path, str]) -> None:
-    """``iterate.logit_adjustment=share``: tau = 1's offsets, and the background lowered (or raised) by the bias at
-    which round 1's labels cover labels.foreground_share of the train pixels (all 24 images are the sample), from
-    the segmenter's softmax and from cam+seg's mean scores alike."""
+def test_a_round_sized_to_the_prior_shrinks_the_balanced_labels(chain: tuple[Path, str]) -> None:
+    """``iterate.logit_adjustment=share``: tau = 1's offsets, and the background raised by the bias at which round
+    1's labels cover labels.foreground_share of the train pixels (all 24 images are the sample), from the
+    segmenter's softmax and from cam+seg's mean scores alike; a prior above tau = 1's labels leaves them as they are."""
     root, _ = chain
-    runs = {"share": ("seg", "share"), "tau1": ("seg", "1.0"), "mean-share": ("cam+seg", "share")}
-    for run, (source, adjustment) in runs.items():
-        prior = [f"iterate.label_source={source}", f"iterate.logit_adjustment={adjustment}"]
+
+    def round_1(run: str, source: str, adjustment: str, prior: float) -> tuple[dict, float]:
+        sized = [f"iterate.label_source={source}", f"iterate.logit_adjustment={adjustment}"]
+        directory = f"runs/tiny/round-1-{run}"
         run_train(
             root,
             *ROUNDS,
             "stage=round",
             "round=1",
-            *prior,
-            "labels.foreground_share=0.3",
-            f"hydra.run.dir=runs/tiny/round-1-{run}",
+            *sized,
+            f"labels.foreground_share={prior}",
+            f"hydra.run.dir={directory}",
         )
-    sized, balanced, mean = (read_summary(root / f"runs/tiny/round-1-{run}") for run in runs)
-    assert sized["logit_offsets"] == balanced["logit_offsets"] == mean["logit_offsets"]
-    assert balanced["background_bias"] == 0 and abs(sized["background_bias"]) > 0.01
-    for run in ("share", "mean-share"):
-        labels = store_arrays(root / f"runs/tiny/round-1-{run}/store").values()
-        share = sum(int((label > 0).sum()) for label in labels) / sum(label.size for label in labels)
-        assert share == pytest.approx(0.3, abs=0.02)
+        labels = store_arrays(root / directory / "store").values()
+        return read_summary(root / directory), sum(int((lab > 0).sum()) for lab in labels) / sum(
+            lab.size for lab in labels
+        )
+
+    for source in ("seg", "cam+seg"):
+        balanced, own = round_1(f"{source}-tau1", source, "1.0", 0.3)
+        assert balanced["background_bias"] == 0 and own > 0.02, own
+        shrunk, share = round_1(f"{source}-half", source, "share", round(own / 2, 4))
+        assert shrunk["logit_offsets"] == balanced["logit_offsets"] and shrunk["background_bias"] < -0.01
+        assert share == pytest.approx(own / 2, abs=0.02)
+        kept, same = round_1(f"{source}-above", source, "share", min(1.5 * own, 0.9))
+        assert kept["background_bias"] == 0 and same == own
 
 
 def test_a_cam_round_sized_to_the_prior_finds_its_threshold(chain: tuple[Path, str]) -> None:

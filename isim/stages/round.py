@@ -93,7 +93,8 @@ def round_number(cfg: DictConfig) -> int:
 def round_settings(cfg: DictConfig, settings: LabelSettings, size: Callable[[Solver], float]) -> LabelSettings:
     """How the round's scores become labels. label_source=cam: against ``iterate.threshold``, a number or ``share``
     (the CAM threshold at which the labels cover labels.foreground_share: ``size``, GT-free). seg, cam+seg: against
-    their own background, under ``iterate.logit_adjustment=share`` lowered by the bias at which they cover it."""
+    their own background, under ``iterate.logit_adjustment=share`` raised by the bias at which they cover it
+    (never lowered: ``background_bias_for_share``)."""
     it = cfg.iterate
     if it.label_source == "cam":
         if it.threshold == "share":
@@ -105,7 +106,7 @@ def round_settings(cfg: DictConfig, settings: LabelSettings, size: Callable[[Sol
         return dataclasses.replace(settings, threshold=float(it.threshold))
     if it.logit_adjustment == "share":
         bias = size(background_bias_for_share)
-        log.info("background lowered by %.3f nats: the round's labels cover labels.foreground_share", bias)
+        log.info("background raised by %.3f nats: the round's labels cover at most labels.foreground_share", -bias)
         return dataclasses.replace(settings, background_bias=bias)
     return settings
 
