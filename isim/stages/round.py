@@ -106,7 +106,7 @@ def round_settings(cfg: DictConfig, settings: LabelSettings, size: Callable[[Sol
         return dataclasses.replace(settings, threshold=float(it.threshold))
     if it.logit_adjustment == "share":
         bias = size(background_bias_for_share)
-        log.info("background raised by %.3f nats: the round's labels cover at most labels.foreground_share", -bias)
+        log.info("background raised by %.3f nats: the round's labels cover at most labels.foreground_share", abs(bias))
         return dataclasses.replace(settings, background_bias=bias)
     return settings
 
