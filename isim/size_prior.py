@@ -26,7 +26,7 @@ from isim.models.segmenter import Segmenter
 from isim.pseudo_labels import LabelSettings, pseudo_labels
 
 SAMPLE_IMAGES = 100  # the first train images: their labels are sized to the prior
-BIAS_RANGE = 10.0  # nats the background's logit may move either way
+BIAS_RANGE = 10.0  # nats the background's logit may be raised by
 STEPS = 12  # bisection steps: the threshold to 1/4096, the bias to 1/200 nat
 
 
