@@ -16,8 +16,8 @@ CAM stage, then the others): for a GPU machine, with ``trainer=gpu crf.backend=t
 every run gets. Prints a markdown table and, with ``--plots DIR``, writes ``DIR/rounds_<set>.png``: each row's
 label mIoU per round. Every row is sized to the default experiment's size prior (``labels.foreground_share``:
 the round-0 threshold, each round's background or CAM threshold); ``labels.foreground_share=0.15`` as an override
-gives another. The tables
-of fixed thresholds (0.15 from scratch, ISIM's 0.3 from Lite0, tau = 1) in the README came from commit adda23d.
+gives another. The README's tables of fixed thresholds (0.15 from scratch, ISIM's 0.3 from Lite0, tau = 1) came
+from commit adda23d.
 A workdir keeps every run (re-running continues where it stopped, and a re-run of finished rows only reprints
 and replots them).
 """

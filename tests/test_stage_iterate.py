@@ -20,7 +20,7 @@ from isim.pseudo_labels import LabelStore
 from isim.stages.iterate import sized
 from isim.stages.seg import load_weights
 from tests.conftest import ROUNDS, TINY, compose_config, kill_when, read_summary, run_train
-from tests.test_stage_labels import pixel_agreement, store_arrays
+from tests.test_stage_labels import pixel_agreement, store_arrays, store_share
 from tests.wandb_offline import offline_runs
 
 ITERATE = [*ROUNDS, "stage=iterate", "iterate.rounds=2", "logger=wandb"]
@@ -66,22 +66,13 @@ def test_a_round_sized_to_the_prior_shrinks_the_balanced_labels(chain: tuple[Pat
     root, _ = chain
 
     def round_1(run: str, source: str, adjustment: str, prior: float) -> tuple[dict, float]:
-        sized = [f"iterate.label_source={source}", f"iterate.logit_adjustment={adjustment}"]
+        modes = [f"iterate.label_source={source}", f"iterate.logit_adjustment={adjustment}"]
         directory = f"runs/tiny/round-1-{run}"
-        run_train(
-            root,
-            *ROUNDS,
-            "stage=round",
-            "round=1",
-            *sized,
-            f"labels.foreground_share={prior}",
-            f"hydra.run.dir={directory}",
-        )
-        labels = store_arrays(root / directory / "store").values()
-        return read_summary(root / directory), sum(int((lab > 0).sum()) for lab in labels) / sum(
-            lab.size for lab in labels
-        )
+        prior_at = [f"labels.foreground_share={prior}", f"hydra.run.dir={directory}"]
+        run_train(root, *ROUNDS, "stage=round", "round=1", *modes, *prior_at)
+        return read_summary(root / directory), store_share(root / directory / "store")
 
+    offsets = []
     for source in ("seg", "cam+seg"):
         balanced, own = round_1(f"{source}-tau1", source, "1.0", 0.3)
         assert balanced["background_bias"] == 0 and own > 0.02, own
@@ -90,6 +81,8 @@ def test_a_round_sized_to_the_prior_shrinks_the_balanced_labels(chain: tuple[Pat
         assert share == pytest.approx(own / 2, abs=0.02)
         kept, same = round_1(f"{source}-above", source, "share", min(1.5 * own, 0.9))
         assert kept["background_bias"] == 0 and same == own
+        offsets.append(shrunk["logit_offsets"])
+    assert offsets[0] == offsets[1]  # seg and cam+seg divide out the same tau = 1 prior
 
 
 def test_a_cam_round_sized_to_the_prior_finds_its_threshold(chain: tuple[Path, str]) -> None:
@@ -100,9 +93,7 @@ def test_a_cam_round_sized_to_the_prior_finds_its_threshold(chain: tuple[Path, s
     run_train(root, *ROUNDS, "stage=round", "round=1", *sized, "hydra.run.dir=runs/tiny/round-1-cam-share")
     summary = read_summary(root / "runs/tiny/round-1-cam-share")
     assert 0 < summary["threshold"] < 1 and summary["threshold"] != 0.2 and summary["logit_offsets"] is None
-    labels = store_arrays(root / "runs/tiny/round-1-cam-share/store").values()
-    share = sum(int((label > 0).sum()) for label in labels) / sum(label.size for label in labels)
-    assert share == pytest.approx(0.3, abs=0.02)
+    assert store_share(root / "runs/tiny/round-1-cam-share/store") == pytest.approx(0.3, abs=0.02)
 
 
 def test_a_sized_run_without_a_prior_is_refused_before_training(tmp_path: Path) -> None:

@@ -24,6 +24,12 @@ def store_arrays(store_dir: Path) -> dict[str, np.ndarray]:
     return {p.stem: store.read(p.stem) for p in sorted(store_dir.glob("*.png"))}
 
 
+def store_share(store_dir: Path) -> float:
+    """The share of the store's label pixels that are foreground."""
+    labels = store_arrays(store_dir).values()
+    return sum(int((label > 0).sum()) for label in labels) / sum(label.size for label in labels)
+
+
 def copy_cam_stage(project: Path, target: Path) -> None:
     """The project's data and CAM stage, in a fresh project ``target`` whose labels stage has not run."""
     shutil.copytree(project / "runs/tiny/cam", target / "runs/tiny/cam")
@@ -93,8 +99,7 @@ def test_share_threshold_sizes_the_labels_to_the_prior(project: Path, tmp_path: 
             tmp_path, *LABELS, "labels.threshold=share", f"labels.foreground_share={prior}", "labels.overwrite=true"
         )
         summary = read_summary(tmp_path / "runs/tiny/labels")
-        labels = store_arrays(tmp_path / "runs/tiny/labels/store")
-        share = sum(int((label > 0).sum()) for label in labels.values()) / sum(label.size for label in labels.values())
+        share = store_share(tmp_path / "runs/tiny/labels/store")
         assert share == pytest.approx(prior, abs=0.02) and summary["uses_gt"] is False
         thresholds.append(summary["threshold"])
     assert thresholds[0] > thresholds[1]
