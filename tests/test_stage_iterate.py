@@ -18,6 +18,7 @@ from isim.errors import IsimError
 from isim.modules import SegmenterModule
 from isim.pseudo_labels import LabelStore
 from isim.stages.iterate import sized
+from isim.stages.round import relabel_scales
 from isim.stages.seg import load_weights
 from tests.conftest import ROUNDS, TINY, compose_config, kill_when, read_summary, run_train
 from tests.test_stage_labels import pixel_agreement, store_arrays, store_share
@@ -94,6 +95,19 @@ def test_a_cam_round_sized_to_the_prior_finds_its_threshold(chain: tuple[Path, s
     summary = read_summary(root / "runs/tiny/round-1-cam-share")
     assert 0 < summary["threshold"] < 1 and summary["threshold"] != 0.2 and summary["logit_offsets"] is None
     assert store_share(root / "runs/tiny/round-1-cam-share/store") == pytest.approx(0.3, abs=0.02)
+    scores = LabelStore(root / "runs/tiny/round-1-cam-share/store").manifest()["producer"]["scores"]
+    assert scores["scales"] == [1.0, 0.5]  # iterate.scales=null: the CAMs at cam.scales, as round 0's
+
+
+@pytest.mark.parametrize(
+    ("source", "scales", "expected"),
+    [("seg", None, (1.0,)), ("cam", None, (1.0, 0.5)), ("cam+seg", None, (1.0, 0.5)), ("cam", [2.0], (2.0,))],
+)
+def test_relabelling_scales_follow_the_cam_stage_where_the_scores_hold_cams(
+    source: str, scales: list[float] | None, expected: tuple[float, ...]
+) -> None:
+    cfg = compose_config(*TINY, f"iterate.label_source={source}", f"iterate.scales={scales or 'null'}")
+    assert relabel_scales(cfg) == expected
 
 
 def test_a_sized_run_without_a_prior_is_refused_before_training(tmp_path: Path) -> None:

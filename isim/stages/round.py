@@ -43,7 +43,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     it = cfg.iterate
     data = datamodule.split(cfg.labels.split, check_images=cfg.labels.on_error == "raise")
     # Threshold 0.5 until round_settings: cam's is set there, seg and cam+seg label against their own background.
-    job = LabelJob(checkpoint, settings_from_config(cfg.crf, 0.5, None), it.label_source, tuple(it.scales), it.flip)
+    job = LabelJob(checkpoint, settings_from_config(cfg.crf, 0.5, None), it.label_source, relabel_scales(cfg), it.flip)
     job = dataclasses.replace(job, offsets=logit_offsets(cfg, LabelStore(previous_store), data))
     store = LabelStore(output_dir / "store")
     with timed(timings, "sizing_s"):  # share: a sample's scores and ~12 CRF passes over it
@@ -88,6 +88,16 @@ def round_number(cfg: DictConfig) -> int:
     if not isinstance(k, int) or isinstance(k, bool) or k < 1:
         raise IsimError(f"round={k} must be a round number >= 1 (round 0 is stage=labels); e.g. stage=round round=1")
     return k
+
+
+def relabel_scales(cfg: DictConfig) -> tuple[float, ...]:
+    """``iterate.scales``; null: the CAM stage's (``cam.scales``) where the scores hold CAMs (cam, cam+seg), 1.0 for
+    the softmax alone. CAMs come at the encoder's stride (16): on small images one scale gives maps too coarse to
+    place objects, and round 0's labels were made at cam.scales; the decoder's softmax comes at stride 4."""
+    scales = cfg.iterate.scales
+    if scales is None:
+        scales = cfg.cam.scales if "cam" in cfg.iterate.label_source else [1.0]
+    return tuple(float(scale) for scale in scales)
 
 
 def round_settings(cfg: DictConfig, settings: LabelSettings, size: Callable[[Solver], float]) -> LabelSettings:
