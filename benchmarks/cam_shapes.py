@@ -22,6 +22,7 @@ import torch.nn.functional as F
 
 from isim.cam import multiscale_flip
 from isim.models import Classifier
+from isim.models.segmenter import pad_to_multiple
 
 SCALES = (1.0, 0.5, 1.5, 2.0)
 
@@ -37,11 +38,6 @@ def new_sizes(rng: np.random.Generator, seen: set[tuple[int, int]], count: int) 
     return sizes
 
 
-def pad_to_32(images: torch.Tensor) -> torch.Tensor:
-    height, width = images.shape[-2:]
-    return F.pad(images, (0, -width % 32, 0, -height % 32))
-
-
 @torch.no_grad()
 def ms_per_image(net: Classifier, sizes: list[tuple[int, int]], pad: bool, dtype: torch.dtype | None) -> list[float]:
     device = next(net.parameters()).device
@@ -51,7 +47,7 @@ def ms_per_image(net: Classifier, sizes: list[tuple[int, int]], pad: bool, dtype
         synchronize(device)
         start = time.perf_counter()
         with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-            multiscale_flip(lambda batch: F.relu(net.cam(pad_to_32(batch) if pad else batch)), image, SCALES)
+            multiscale_flip(lambda batch: F.relu(net.cam(pad_to_multiple(batch, 32) if pad else batch)), image, SCALES)
         synchronize(device)
         times.append(1000 * (time.perf_counter() - start))
     return times

@@ -22,6 +22,12 @@ from isim.models.weights import from_hub, load_backbone_weights
 DILATED_DECODERS = {"deeplabv3", "deeplabv3plus"}  # the SMP decoders that take an encoder output stride
 
 
+def pad_to_multiple(images: torch.Tensor, multiple: int) -> torch.Tensor:
+    """``images`` padded at the bottom and right (with 0, the normalised mean colour) to a multiple of ``multiple``."""
+    height, width = images.shape[-2:]
+    return F.pad(images, (0, -width % multiple, 0, -height % multiple))
+
+
 class Segmenter(nn.Module):
     def __init__(
         self,
@@ -67,9 +73,7 @@ class Segmenter(nn.Module):
         (with 0, the normalised mean colour) and the logits are cropped back.
         """
         height, width = images.shape[-2:]
-        stride = self.model.encoder.output_stride
-        padded = F.pad(images, (0, -width % stride, 0, -height % stride))
-        features = self.model.encoder(padded)
+        features = self.model.encoder(pad_to_multiple(images, self.model.encoder.output_stride))
         masks = self.model.segmentation_head(self.model.decoder(features))[..., :height, :width]
         return masks, self.head(features[-1].mean((2, 3), keepdim=True)).flatten(1)
 
