@@ -25,7 +25,7 @@ from isim.models.classifier import Classifier
 from isim.models.segmenter import Segmenter
 from isim.pseudo_labels import LabelSettings, pseudo_labels
 
-SAMPLE_IMAGES = 100  # the first train images: their labels are sized to the prior
+SAMPLE_IMAGES = 100  # train images spread over the list (``sample_names``): their labels are sized to the prior
 BIAS_RANGE = 10.0  # nats the background's logit may be raised by
 STEPS = 12  # bisection steps: the threshold to 1/4096, the bias to 1/200 nat
 
@@ -55,12 +55,11 @@ def score_sample(
     device: torch.device,
     offsets: Sequence[float] | None = None,
 ) -> ScoredSample:
-    """The scores relabelling would compute (``class_scores``, ``offsets`` included) for the first SAMPLE_IMAGES
-    of ``data``."""
+    """The scores relabelling would compute (``class_scores``, ``offsets`` included) for ``sample_names``."""
     net = net.to(device).eval()
     offsets_tensor = None if offsets is None else torch.tensor(offsets)
     sample = ScoredSample()
-    loader = datamodule.eval_dataloader(data.subset(data.names[:SAMPLE_IMAGES]))
+    loader = datamodule.eval_dataloader(data.subset(sample_names(data.names)))
     for batch in tqdm(loader, desc="size prior sample", unit="batch", leave=False):
         labels = batch["labels"].to(device)
         scores, backgrounds = class_scores(net, batch["image"].to(device), labels, source, scales, flip, offsets_tensor)
@@ -71,6 +70,14 @@ def score_sample(
             sample.classes.append((classes + 1).cpu().numpy())
             sample.backgrounds.append(None if backgrounds is None else backgrounds[i].float().cpu().numpy())
     return sample
+
+
+def sample_names(names: Sequence[str]) -> list[str]:
+    """SAMPLE_IMAGES names at even steps through ``names`` (all of them if fewer). Lists are often ordered, by
+    class (a CSV written class by class) or by year (VOC's), and their first images would size every class's
+    labels to the few classes those show."""
+    step = max(1.0, len(names) / SAMPLE_IMAGES)
+    return [names[int(i * step)] for i in range(min(SAMPLE_IMAGES, len(names)))]
 
 
 def covered(sample: ScoredSample, settings: LabelSettings, device: torch.device | None = None) -> float:

@@ -8,7 +8,7 @@ import dataclasses
 import numpy as np
 import pytest
 
-from isim.size_prior import ScoredSample, background_bias_for_share, covered, threshold_for_share
+from isim.size_prior import ScoredSample, background_bias_for_share, covered, sample_names, threshold_for_share
 from tests.test_pseudo_labels import settings
 
 
@@ -41,3 +41,15 @@ def test_the_background_bias_shrinks_a_segmenters_labels_to_the_share_but_never_
     assert bias < 0  # the background's logit raised
     assert covered(sample, dataclasses.replace(crf, background_bias=bias)) == pytest.approx(own / 3, abs=0.01)
     assert background_bias_for_share(sample, crf, min(3 * own, 0.6)) == 0.0  # a larger prior keeps the argmax
+
+
+def test_the_sample_spreads_over_a_list_ordered_by_class() -> None:
+    """A CSV written class by class: 250 images of each of four classes. The sample holds 25 of each, in list
+    order; a short list is sampled whole."""
+    classes = ("cat", "dog", "car", "bus")
+    names = [f"{cls}_{i:03d}" for cls in classes for i in range(250)]
+    sample = sample_names(names)
+    assert len(sample) == len(set(sample)) == 100
+    assert sample == sorted(sample, key=names.index)
+    assert {cls: sum(name.startswith(cls) for name in sample) for cls in classes} == dict.fromkeys(classes, 25)
+    assert sample_names(names[:24]) == names[:24]

@@ -88,7 +88,7 @@ def test_without_gt_masks_the_pipeline_makes_the_same_labels(project: Path, tiny
 
 def test_share_threshold_sizes_the_labels_to_the_prior(project: Path, tmp_path: Path) -> None:
     """``labels.threshold=share``: the CAM threshold whose labels, after the CRF, cover labels.foreground_share of
-    the (first 100, here all 24) train images' pixels; a larger prior, a lower threshold and larger labels. A
+    the (100, here all 24) train images' pixels; a larger prior, a lower threshold and larger labels. A
     resumed store takes the threshold recorded when it started."""
     copy_cam_stage(project, tmp_path)
     missing = run_train(tmp_path, *LABELS, "labels.threshold=share", "labels.foreground_share=null", check=False)
