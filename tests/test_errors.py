@@ -163,7 +163,7 @@ def test_a_bug_while_handling_a_user_error_keeps_its_traceback() -> None:
 def test_a_logit_adjustment_that_is_neither_a_number_nor_share_names_the_key() -> None:
     cfg = OmegaConf.create({"iterate": {"logit_adjustment": "balanced", "label_source": "seg"}})
     with pytest.raises(IsimError, match=r"iterate.logit_adjustment=balanced must be a number \(tau, e.g. 1.0\) or"):
-        logit_offsets(cfg, LabelStore("unused"), None)
+        logit_offsets(cfg, LabelStore("unused"), None, 1)
 
 
 def test_a_cam_rounds_threshold_that_is_neither_a_fraction_nor_share_names_the_key() -> None:

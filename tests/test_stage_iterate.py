@@ -6,19 +6,22 @@ from __future__ import annotations
 import csv
 import shutil
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 import yaml
+from omegaconf import OmegaConf
 from PIL import Image
 
-from isim.data import VOC_CLASSES
+from isim.data import VOC_CLASSES, voc_palette
 from isim.errors import IsimError
+from isim.io import write_png
 from isim.modules import SegmenterModule
 from isim.pseudo_labels import LabelStore
 from isim.stages.iterate import sized
-from isim.stages.round import relabel_scales
+from isim.stages.round import logit_offsets, relabel_scales
 from isim.stages.seg import load_weights
 from tests.conftest import ROUNDS, TINY, compose_config, kill_when, read_summary, run_train
 from tests.test_stage_labels import pixel_agreement, store_arrays, store_share
@@ -84,6 +87,30 @@ def test_a_round_sized_to_the_prior_shrinks_the_balanced_labels(chain: tuple[Pat
         assert kept["background_bias"] == 0 and same == own
         offsets.append(shrunk["logit_offsets"])
     assert offsets[0] == offsets[1]  # seg and cam+seg divide out the same tau = 1 prior
+
+
+@pytest.mark.parametrize(("k", "background_rounds", "background"), [(1, 1, True), (2, 1, False), (3, None, True)])
+def test_after_the_background_rounds_only_the_classes_are_balanced(
+    tmp_path: Path, k: int, background_rounds: int | None, background: bool
+) -> None:
+    """Round k's offsets: tau x log(prior) for background and classes in the first ``iterate.background_rounds``
+    rounds; later the background's offset is 0 and the classes' are centred on their mean, so relabelling keeps
+    the segmenter's own foreground/background call and only evens the classes out."""
+    store = LabelStore(tmp_path / "store")
+    first, second = np.zeros((10, 10), np.uint8), np.full((10, 10), 5, np.uint8)
+    first[:5, :5] = second[:, :5] = 3  # a: background 75, class 3 25; b: classes 3 and 5, 50 each
+    for name, label in (("a", first), ("b", second)):
+        write_png(store.path(name), label, voc_palette())
+    labels = [np.eye(20, dtype=np.float32)[2], np.eye(20, dtype=np.float32)[[2, 4]].sum(0)]
+    data = SimpleNamespace(names=["a", "b"], labels=labels)  # what the offsets read of a split
+    it = {"label_source": "seg", "logit_adjustment": 0.5, "background_rounds": background_rounds}
+    offsets = np.array(logit_offsets(OmegaConf.create({"iterate": it}), store, data, k))
+    priors = np.array([75 / 200, 75 / 200, 50 / 100])  # background, class 3, class 5
+    expected = 0.5 * np.log(priors)
+    if not background:
+        expected = np.concatenate([[0], expected[1:] - expected[1:].mean()])
+    assert offsets[[0, 3, 5]] == pytest.approx(expected, abs=1e-6)
+    assert offsets[1] == 0  # a class no image has: prior 1, offset 0 whichever the round
 
 
 def test_a_cam_round_sized_to_the_prior_finds_its_threshold(chain: tuple[Path, str]) -> None:

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 import time
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from isim.data.dataset import LabelledImages
@@ -44,7 +44,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     data = datamodule.split(cfg.labels.split, check_images=cfg.labels.on_error == "raise")
     # Threshold 0.5 until round_settings: cam's is set there, seg and cam+seg label against their own background.
     job = LabelJob(checkpoint, settings_from_config(cfg.crf, 0.5, None), it.label_source, relabel_scales(cfg), it.flip)
-    job = dataclasses.replace(job, offsets=logit_offsets(cfg, LabelStore(previous_store), data))
+    job = dataclasses.replace(job, offsets=logit_offsets(cfg, LabelStore(previous_store), data, k))
     store = LabelStore(output_dir / "store")
     with timed(timings, "sizing_s"):  # share: a sample's scores and ~12 CRF passes over it
         size = partial(sized_to_prior, cfg, datamodule, data, trainer, store=store, job=job)
@@ -124,26 +124,39 @@ def round_settings(cfg: DictConfig, settings: LabelSettings, size: Callable[[Sol
 PRIOR_FLOOR = 0.01
 
 
-def logit_offsets(cfg: DictConfig, trained_on: LabelStore, data: LabelledImages) -> tuple[float, ...] | None:
-    """What relabelling subtracts from the segmenter's logits (``iterate.logit_adjustment``): tau x log(prior) per
-    class, the prior being the labels the segmenter trained on (``class_priors``), undoing the background's
-    majority (logit adjustment, Menon et al. 2021). ``share`` is tau = 1 (it balances the classes; the background
-    is then sized by ``round_settings``). None where the scores are CAMs alone or tau is 0."""
-    adjustment = cfg.iterate.logit_adjustment
+def logit_offsets(cfg: DictConfig, trained_on: LabelStore, data: LabelledImages, k: int) -> tuple[float, ...] | None:
+    """What round k's relabelling subtracts from the segmenter's logits (``iterate.logit_adjustment``): tau x
+    log(prior) per class, the prior being the labels the segmenter trained on (``class_priors``), undoing the
+    background's majority (logit adjustment, Menon et al. 2021); after ``iterate.background_rounds`` rounds the
+    classes' against each other only (``prior_offsets``). ``share`` is tau = 1 (the background is then sized by
+    ``round_settings``). None where the scores are CAMs alone or tau is 0."""
+    it = cfg.iterate
+    adjustment = it.logit_adjustment
     if cfg.iterate.label_source == "cam":
         return None
     try:
         tau = 1.0 if adjustment == "share" else float(adjustment)
     except ValueError:
         raise IsimError(f"iterate.logit_adjustment={adjustment} must be a number (tau, e.g. 1.0) or `share`") from None
-    return None if tau == 0 else prior_offsets(trained_on, data, tau)
+    if tau == 0:
+        return None
+    background = it.background_rounds is None or k <= it.background_rounds
+    return prior_offsets(trained_on, data, tau, background)
 
 
-def prior_offsets(trained_on: LabelStore, data: LabelledImages, tau: float) -> tuple[float, ...]:
-    """tau x log(prior) per class (background first), the prior being the class's pixel share in the labels."""
+def prior_offsets(trained_on: LabelStore, data: LabelledImages, tau: float, background: bool) -> tuple[float, ...]:
+    """tau x log(prior) per class (background first), the prior being the class's pixel share in the labels.
+    ``background`` False: the classes' offsets centred on their mean over the classes the images have, the
+    background's 0: the classes balanced against each other, foreground against background the segmenter's own
+    call (its labels already cover the objects; the background's offset would push them further every round)."""
     priors = class_priors(trained_on, data.names, data.labels)
     # A class its labels never gave a pixel is no prior to divide out: without a floor it would gain ~14 nats.
-    return tuple(round(tau * math.log(max(prior, PRIOR_FLOOR)), 6) for prior in priors)
+    offsets = tau * np.log(np.maximum(priors, PRIOR_FLOOR))
+    if not background:
+        present = np.flatnonzero(np.any(data.labels, axis=0)) + 1
+        offsets[present] -= offsets[present].mean()
+        offsets[0] = 0.0
+    return tuple(round(float(offset), 6) for offset in offsets)
 
 
 def previous_round(cfg: DictConfig, k: int) -> tuple[Path, str | Path | None]:
