@@ -166,6 +166,12 @@ def test_a_logit_adjustment_that_is_neither_a_number_nor_share_names_the_key() -
         logit_offsets(cfg, LabelStore("unused"), None, 1)
 
 
+def test_background_rounds_that_are_not_a_round_count_name_the_key() -> None:
+    it = {"logit_adjustment": 1.0, "label_source": "seg", "background_rounds": "first"}
+    with pytest.raises(IsimError, match=r"iterate.background_rounds=first must be a number of rounds \(e.g. 1\)"):
+        logit_offsets(OmegaConf.create({"iterate": it}), LabelStore("unused"), None, 2)
+
+
 def test_a_cam_rounds_threshold_that_is_neither_a_fraction_nor_share_names_the_key() -> None:
     cfg = OmegaConf.create({"iterate": {"threshold": 1.5, "label_source": "cam", "logit_adjustment": 1.0}})
     with pytest.raises(IsimError, match=r"iterate.threshold=1.5 must be in \(0, 1\) or `share`"):

@@ -132,7 +132,7 @@ def logit_offsets(cfg: DictConfig, trained_on: LabelStore, data: LabelledImages,
     ``round_settings``). None where the scores are CAMs alone or tau is 0."""
     it = cfg.iterate
     adjustment = it.logit_adjustment
-    if cfg.iterate.label_source == "cam":
+    if it.label_source == "cam":
         return None
     try:
         tau = 1.0 if adjustment == "share" else float(adjustment)
@@ -140,7 +140,10 @@ def logit_offsets(cfg: DictConfig, trained_on: LabelStore, data: LabelledImages,
         raise IsimError(f"iterate.logit_adjustment={adjustment} must be a number (tau, e.g. 1.0) or `share`") from None
     if tau == 0:
         return None
-    background = it.background_rounds is None or k <= it.background_rounds
+    rounds = it.background_rounds
+    if rounds is not None and (not isinstance(rounds, int) or rounds < 0):
+        raise IsimError(f"iterate.background_rounds={rounds} must be a number of rounds (e.g. 1) or null (every round)")
+    background = rounds is None or k <= rounds
     return prior_offsets(trained_on, data, tau, background)
 
 
