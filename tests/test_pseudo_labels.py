@@ -174,8 +174,10 @@ def test_label_miou_in_both_conventions(tiny_voc: Path, tmp_path: Path) -> None:
     assert report["miou_ignored_as_background"] < 0.95
 
 
-def test_class_priors_are_pixel_shares_in_the_images_that_have_the_class(tmp_path: Path) -> None:
-    store = LabelStore(tmp_path / "store")
+def two_image_store(directory: Path) -> tuple[LabelStore, np.ndarray]:
+    """Labels of images a (class 3 on 25 of 100 pixels) and b (classes 3 and 5, 45 counted pixels each, a row
+    ignored), with their multi-hot image labels: priors background 75/190, class 3 70/190, class 5 45/90."""
+    store = LabelStore(directory / "store")
     first = np.zeros((10, 10), np.uint8)
     first[:5, :5] = 3  # 25 of 100 pixels
     second = np.full((10, 10), 5, np.uint8)
@@ -185,6 +187,11 @@ def test_class_priors_are_pixel_shares_in_the_images_that_have_the_class(tmp_pat
         write_png(store.path(name), label, voc_palette())
     image_labels = np.zeros((2, 20), np.float32)
     image_labels[0, 2] = image_labels[1, [2, 4]] = 1  # a: class 3; b: classes 3 and 5
+    return store, image_labels
+
+
+def test_class_priors_are_pixel_shares_in_the_images_that_have_the_class(tmp_path: Path) -> None:
+    store, image_labels = two_image_store(tmp_path)
     priors = class_priors(store, ["a", "b"], image_labels)
     assert priors[0] == pytest.approx(75 / 190)  # background of all 190 counted pixels
     assert priors[3] == pytest.approx((25 + 45) / 190) and priors[5] == pytest.approx(45 / 90)

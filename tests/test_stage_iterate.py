@@ -15,15 +15,15 @@ import yaml
 from omegaconf import OmegaConf
 from PIL import Image
 
-from isim.data import VOC_CLASSES, voc_palette
+from isim.data import VOC_CLASSES
 from isim.errors import IsimError
-from isim.io import write_png
 from isim.modules import SegmenterModule
 from isim.pseudo_labels import LabelStore
 from isim.stages.iterate import sized
 from isim.stages.round import logit_offsets, relabel_scales
 from isim.stages.seg import load_weights
 from tests.conftest import ROUNDS, TINY, compose_config, kill_when, read_summary, run_train
+from tests.test_pseudo_labels import two_image_store
 from tests.test_stage_labels import pixel_agreement, store_arrays, store_share
 from tests.wandb_offline import offline_runs
 
@@ -96,16 +96,11 @@ def test_after_the_background_rounds_only_the_classes_are_balanced(
     """Round k's offsets: tau x log(prior) for background and classes in the first ``iterate.background_rounds``
     rounds; later the background's offset is 0 and the classes' are centred on their mean, so relabelling keeps
     the segmenter's own foreground/background call and only evens the classes out."""
-    store = LabelStore(tmp_path / "store")
-    first, second = np.zeros((10, 10), np.uint8), np.full((10, 10), 5, np.uint8)
-    first[:5, :5] = second[:, :5] = 3  # a: background 75, class 3 25; b: classes 3 and 5, 50 each
-    for name, label in (("a", first), ("b", second)):
-        write_png(store.path(name), label, voc_palette())
-    labels = [np.eye(20, dtype=np.float32)[2], np.eye(20, dtype=np.float32)[[2, 4]].sum(0)]
-    data = SimpleNamespace(names=["a", "b"], labels=labels)  # what the offsets read of a split
+    store, labels = two_image_store(tmp_path)
+    data = SimpleNamespace(names=["a", "b"], labels=list(labels))  # what the offsets read of a split
     it = {"label_source": "seg", "logit_adjustment": 0.5, "background_rounds": background_rounds}
     offsets = np.array(logit_offsets(OmegaConf.create({"iterate": it}), store, data, k))
-    priors = np.array([75 / 200, 75 / 200, 50 / 100])  # background, class 3, class 5
+    priors = np.array([75 / 190, 70 / 190, 45 / 90])  # background, class 3, class 5
     expected = 0.5 * np.log(priors)
     if not background:
         expected = np.concatenate([[0], expected[1:] - expected[1:].mean()])
